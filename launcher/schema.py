@@ -1,0 +1,181 @@
+"""Typed schema of the clipscale configuration.
+
+Every YAML file under ``conf/`` is validated against these dataclasses when Hydra composes it
+(the files list ``<group>_schema`` first in their defaults), so a misspelt key or a value of the
+wrong type fails at composition, on the login node, before anything is queued.
+
+Fields marked ``identity=False`` in their metadata do not change a run's result (paths, worker
+counts, cluster shape, logging cadence); they are left out of the run id's hash, so moving a
+sweep to another cluster or another disk finds the same run folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+def _not_identity(default: Any = MISSING, **kw: Any) -> Any:
+    """A field that does not change the trained weights (excluded from the run id)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata={"identity": False}, **kw)
+    return field(default=default, metadata={"identity": False}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    """One model size of the grid (``conf/model/*.yaml``)."""
+
+    name: str = MISSING
+    """Short name used in run ids and tables (``vit_b32``)."""
+    arch: str = MISSING
+    """open_clip architecture name (``ViT-B-32``, or one of ``training/model_configs``)."""
+    label: str = MISSING
+    """Name shown in plots, as the paper writes it (``ViT-B/32``)."""
+    gmacs: float = MISSING
+    """Forward GMACs per image-text pair (reference/arch_info.csv, or measured for tiny ones)."""
+    global_batch: int = MISSING
+    """Global batch the paper used by default for this model (pairs per optimizer step)."""
+    local_batch: int = _not_identity(MISSING)
+    """Per-device batch; with the cluster shape it fixes gradient accumulation, not the result."""
+    precision: str = "amp_bf16"
+    """open_clip precision: amp_bf16, amp, fp32, bf16, pure_bf16, fp16, pure_fp16."""
+    grad_checkpointing: bool = _not_identity(False)
+    """Recompute activations in backward to save memory (same result, slower)."""
+    ref_samples_per_s_per_gpu: float = _not_identity(0.0)
+    """Throughput of one A100 in the paper's runs, for the GPU-hours estimate (0: unknown)."""
+
+
+@dataclass
+class DataConfig:
+    """One upstream dataset (``conf/data/*.yaml``): webdataset shards in img2dataset's layout."""
+
+    name: str = MISSING
+    """Short name used in run ids (``laion400m``)."""
+    label: str = MISSING
+    """Name as the paper and the reference CSV write it (``LAION-400M``)."""
+    num_samples: int = MISSING
+    """Unique image-text pairs in the dataset."""
+    shards: str = _not_identity(MISSING)
+    """Brace pattern of the shards, e.g. ``/data/laion400m/{00000..41407}.tar``. Required to train."""
+    synthetic: bool = False
+    """True for the embedded default: the shards are generated from ``seed`` when missing."""
+    seed: int = 0
+    """Generator seed of a synthetic dataset (ignored for real data)."""
+    image_size: int = 32
+    """Image side of a synthetic dataset's pictures."""
+
+
+@dataclass
+class SamplesConfig:
+    """Samples seen (``conf/samples/*.yaml``): how many image-text pairs training consumes."""
+
+    name: str = MISSING
+    """Short name used in run ids (``13B``)."""
+    seen: int = MISSING
+    """Number of pairs seen; optimizer steps = ceil(seen / global_batch)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation recipe (``conf/train/*.yaml``), open_clip_train's defaults for the paper."""
+
+    lr: float = 1e-3
+    warmup: int = 10000
+    """Linear warm-up steps before cosine decay."""
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.2
+    seed: int = 0
+    workers: int = _not_identity(2)
+    """Data-loader processes per rank."""
+    log_every: int = _not_identity(10)
+    """Steps between two lines of the training log."""
+    checkpoint_every: int = _not_identity(0)
+    """Steps between checkpoints (0: only at the end)."""
+    keep_checkpoints: int = _not_identity(2)
+    """How many of the newest complete checkpoints to keep."""
+
+
+@dataclass
+class EvalDatasetConfig:
+    """One evaluation set, in clip_benchmark's naming."""
+
+    name: str = MISSING
+    """clip_benchmark dataset name (``wds/imagenet1k`` style names are built from ``root``)."""
+    task: str = MISSING
+    """zeroshot_classification or zeroshot_retrieval."""
+    root: str = MISSING
+    """Local folder in clip_benchmark's ``wds/`` layout."""
+    split: str = "test"
+
+
+@dataclass
+class EvalConfig:
+    """Post-run evaluation (``conf/eval/*.yaml``)."""
+
+    datasets: list[EvalDatasetConfig] = field(default_factory=list)
+    batch_size: int = 256
+    workers: int = 0
+    recall_k: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+@dataclass
+class ClusterConfig:
+    """Where points run (``conf/cluster/*.yaml``). Never part of a run's identity."""
+
+    name: str = "local"
+    gpus_per_node: int = 1
+    """Devices (processes) per node; 1 on a laptop."""
+    nodes: int | None = None
+    """Nodes per job; null derives it from global batch / (local batch x gpus per node)."""
+    gpu_peak_tflops: float = 312.0
+    """Peak bf16 TFLOP/s of one device (A100: 312), for GPU-hour estimates."""
+
+
+@dataclass
+class Config:
+    """Root of the composed configuration (``conf/config.yaml``)."""
+
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    samples: SamplesConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    root: str = "runs"
+    """Folder that holds one sub-folder per run (``<root>/<run id>``)."""
+    data_root: str = "data"
+    """Folder where the embedded default's generated datasets live."""
+    sweep: str | None = None
+    """Named sweep (``sweeps/<name>.yaml``) expanded by the sweeper; null for the command line."""
+    dry_run: bool = False
+    """Print the plan (one row per point) and run nothing."""
+    retry_failed: bool = True
+    """Re-run points whose last attempt failed (done points are always skipped)."""
+
+
+IDENTITY_SECTIONS = ("model", "data", "samples", "train")
+"""Config sections whose identity fields make up a run's hash."""
+
+_SCHEMAS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "samples": SamplesConfig,
+    "train": TrainConfig,
+}
+
+
+def non_identity_fields(section: str) -> set[str]:
+    """Names of the fields of ``section`` that are excluded from the run id."""
+    return {f.name for f in fields(_SCHEMAS[section]) if not f.metadata.get("identity", True)}
+
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
