@@ -33,9 +33,9 @@ class ModelConfig:
     """Short name used in run ids and tables (``vit_b32``)."""
     arch: str = MISSING
     """open_clip architecture name (``ViT-B-32``, or one of ``training/model_configs``)."""
-    label: str = MISSING
+    label: str = _not_identity(MISSING)
     """Name shown in plots, as the paper writes it (``ViT-B/32``)."""
-    gmacs: float = MISSING
+    gmacs: float = _not_identity(MISSING)
     """Forward GMACs per image-text pair (reference/arch_info.csv, or measured for tiny ones)."""
     global_batch: int = MISSING
     """Global batch the paper used by default for this model (pairs per optimizer step)."""
@@ -55,7 +55,7 @@ class DataConfig:
 
     name: str = MISSING
     """Short name used in run ids (``laion400m``)."""
-    label: str = MISSING
+    label: str = _not_identity(MISSING)
     """Name as the paper and the reference CSV write it (``LAION-400M``)."""
     num_samples: int = MISSING
     """Unique image-text pairs in the dataset."""

@@ -1,0 +1,190 @@
+"""Load results into one frame shaped like the paper's ``zeroshot_results.csv``.
+
+Two sources feed the analysis:
+
+* ``paper``: the published study (``analysis/reference/zeroshot_results.csv``), 29 OpenCLIP
+  runs (family ``openclip``) and 3 OpenAI CLIP models (family ``openai``);
+* ``store``: the evaluation records of our own sweeps (``<root>/<run_id>/eval/step_*/…json``,
+  read through ``evaluation.store.read_records``); each row keeps its record's ``family``.
+
+Both come out with the reference columns (arch, samples_seen, gmacs_total, gmacs,
+upstream_dataset, downstream_dataset, acc1, …, task, samples_seen_pretty, name) plus
+``family``, ``model_label``, ``data_label``, ``run_id``, ``step``, ``final`` and ``source``.
+``gmacs_total`` is the compute axis: forward GMACs per pair x pairs seen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REFERENCE_DIR = Path(__file__).parent / "reference"
+PAPER_CSV = REFERENCE_DIR / "zeroshot_results.csv"
+
+# The paper's headline targets (its Figure 1 and Table 1), in the reference CSV's names.
+PAPER_DEFAULT_TASKS = ("imagenet1k", "mscoco_captions", "flickr30k", "vtab+", "imagenet_robustness")
+
+METRIC_COLUMNS = (
+    "acc1",
+    "acc5",
+    "mean_per_class_recall",
+    "image_retrieval_recall@1",
+    "image_retrieval_recall@5",
+    "image_retrieval_recall@10",
+    "text_retrieval_recall@1",
+    "text_retrieval_recall@5",
+    "text_retrieval_recall@10",
+    "mean_average_precision",
+)
+REFERENCE_COLUMNS = (
+    "arch",
+    "samples_seen",
+    "gmacs_total",
+    "gmacs",
+    "upstream_dataset",
+    "downstream_dataset",
+    *METRIC_COLUMNS,
+    "task",
+    "samples_seen_pretty",
+    "name",
+)
+EXTRA_COLUMNS = ("family", "model_label", "data_label", "run_id", "step", "final", "source")
+COLUMNS = REFERENCE_COLUMNS + EXTRA_COLUMNS
+
+
+def _model_label(arch: str) -> str:
+    """``ViT-B-32`` -> ``ViT-B/32``, as the paper's figures spell it."""
+    head, _, tail = arch.rpartition("-")
+    return f"{head}/{tail}" if head and tail.isdigit() else arch
+
+
+def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
+    """The published results, one row per (model, downstream dataset), every row final."""
+    df = pd.read_csv(path)
+    df["family"] = np.where(df["upstream_dataset"] == "CLIP-WIT", "openai", "openclip")
+    df["model_label"] = df["arch"].map(_model_label)
+    df["data_label"] = df["upstream_dataset"]
+    df["run_id"] = df["name"]
+    df["step"] = np.nan
+    df["final"] = True
+    df["source"] = "paper"
+    return _conform(df)
+
+
+def _read_records(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    try:
+        from evaluation.store import read_records
+    except ImportError:  # TEMPORARY until evaluation/store.py lands
+        read_records = _fallback_read_records
+    records, problems = read_records(root)
+    return [dict(r) for r in records], [str(p) for p in problems]
+
+
+def _fallback_read_records(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    import json
+
+    records, problems = [], []
+    for path in sorted(Path(root).glob("*/eval/step_*/*__*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            problems.append(f"{path}: {e}")
+    return records, problems
+
+
+def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Evaluation records (schema 1) -> rows in the reference layout."""
+    rows = []
+    for rec in records:
+        metrics = rec.get("metrics") or {}
+        gmacs, seen = rec.get("gmacs"), rec.get("samples_seen")
+        compute = rec.get("compute")
+        if compute is None and gmacs is not None and seen is not None:
+            compute = float(gmacs) * float(seen)
+        arch = rec.get("arch") or rec.get("model")
+        row = {
+            "arch": arch,
+            "samples_seen": seen,
+            "gmacs_total": compute,
+            "gmacs": gmacs,
+            "upstream_dataset": rec.get("data_label") or rec.get("data"),
+            "downstream_dataset": rec.get("dataset"),
+            "task": rec.get("task"),
+            "samples_seen_pretty": rec.get("samples"),
+            "name": rec.get("run_id"),
+            "family": rec.get("family") or "adhoc",
+            "model_label": rec.get("model_label") or rec.get("model_name") or arch,
+            "data_label": rec.get("data_label") or rec.get("data"),
+            "run_id": rec.get("run_id"),
+            "step": rec.get("step"),
+            "final": bool(rec.get("final", False)),
+            "source": "store",
+            "created": rec.get("created"),
+        }
+        for key in METRIC_COLUMNS:
+            row[key] = metrics.get(key)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return _conform(df)
+    # A re-evaluated checkpoint leaves two records; the newest one wins.
+    df = df.sort_values("created", na_position="first", kind="stable")
+    df = df.drop_duplicates(["run_id", "step", "downstream_dataset", "task"], keep="last")
+    return _conform(df)
+
+
+def load_store(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every record under ``root`` (final and intermediate), plus the reader's problems."""
+    root = Path(root)
+    if not root.is_dir():
+        return _conform(pd.DataFrame()), [f"store: {root} is not a directory"]
+    records, problems = _read_records(root)
+    if not records:
+        problems.append(f"store: no evaluation records under {root} (expected "
+                        "<root>/<run_id>/eval/step_XXXXXXXX/<dataset>__<task>.json)")
+    return records_to_frame(records), [p if p.startswith("store:") else f"store: {p}" for p in problems]
+
+
+def _conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Give ``df`` exactly ``COLUMNS`` with numeric columns as floats."""
+    out = df.reindex(columns=list(COLUMNS))
+    for col in ("samples_seen", "gmacs_total", "gmacs", "step", *METRIC_COLUMNS):
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    missing = out["gmacs_total"].isna()
+    out.loc[missing, "gmacs_total"] = out.loc[missing, "gmacs"] * out.loc[missing, "samples_seen"]
+    out["final"] = out["final"].fillna(False).astype(bool)
+    return out.reset_index(drop=True)
+
+
+def load(source: str, root: str | Path = "runs") -> tuple[pd.DataFrame, list[str]]:
+    """Rows of ``source`` (``paper``, ``store`` or ``both``) and the problems met reading them."""
+    frames, problems = [], []
+    if source in ("paper", "both"):
+        frames.append(load_paper())
+    if source in ("store", "both"):
+        df, probs = load_store(root)
+        frames.append(df)
+        problems += probs
+    if source not in ("paper", "store", "both"):
+        raise ValueError(f"unknown source {source!r}: expected paper, store or both")
+    frames = [f for f in frames if not f.empty]
+    df = pd.concat(frames, ignore_index=True) if frames else _conform(pd.DataFrame())
+    return df, problems
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMbBgGtT]?)\b")
+_UNIT = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def size_of(label: str) -> float:
+    """Rough size parsed from a label (``LAION-400M`` -> 4e8, ``Synth-4k`` -> 4e3), for sorting."""
+    found = _SIZE.findall(str(label))
+    if not found:
+        return float("inf")
+    number, unit = found[-1]
+    return float(number) * _UNIT[unit.lower()]

@@ -1,0 +1,1 @@
+"""Hydra plugin registration (Hydra only loads plugins from the ``hydra_plugins`` namespace)."""

@@ -1,0 +1,66 @@
+"""The clipscale sweeper: decides *what* runs; the Hydra launcher decides *where*.
+
+It expands the command line (and a named ``sweep=``) into grid points, composes and checks every
+point before anything is launched, prints the plan, skips done points, and hands the rest to
+whichever launcher Hydra is configured with (local by default, submitit for SLURM).
+"""
+
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from launcher import schema
+from launcher.plan import ConfigError
+from launcher.sweep import SweepError, plan_sweep, report_returns
+
+log = logging.getLogger(__name__)
+schema.register()
+
+
+@dataclass
+class ClipscaleSweeperConf:
+    _target_: str = "hydra_plugins.clipscale_sweeper.sweeper.ClipscaleSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="clipscale", node=ClipscaleSweeperConf,
+                             provider="clipscale")
+
+
+class ClipscaleSweeper(Sweeper):
+    def __init__(self) -> None:
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        assert self.config is not None and self.hydra_context is not None
+        loader = self.hydra_context.config_loader
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+        try:
+            todo = plan_sweep(self.config, parsed,
+                              compose=lambda ov: loader.load_sweep_config(self.config, list(ov)))
+        except (ConfigError, SweepError) as e:
+            # A user error, not a bug: the message names the key or file; no traceback.
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        if not todo:
+            return []
+        returns = self.launcher.launch([p.overrides for p in todo], initial_job_idx=0)
+        report_returns(todo, returns)
+        return returns

@@ -1,0 +1,27 @@
+"""clipscale's entry point: compose a grid point (or, with -m, a whole sweep) and run it.
+
+    python launch.py -m model=vit_b32,vit_l14 data=laion400m,laion2b samples=13B,34B dry_run=true
+    python launch.py -m sweep=demo
+
+See README.md. The sweeper (hydra_plugins/clipscale_sweeper) plans and checks the sweep; the
+launcher (local, or submitit for SLURM) runs ``launcher.run.run_point`` for each point.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from launcher import schema
+from launcher.run import run_point
+
+schema.register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    return run_point(cfg, list(HydraConfig.get().overrides.task))
+
+
+if __name__ == "__main__":
+    main()

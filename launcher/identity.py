@@ -1,0 +1,40 @@
+"""Run identity: a readable prefix plus a short hash of what changes a run's result.
+
+``<model>-<data>-<samples>-<hash8>``, e.g. ``vit_b32-laion400m-13B-3f2a9c1e``. The hash covers the
+identity fields of the model, data, samples and train sections (see ``launcher.schema``): paths,
+worker counts, logging cadence and the cluster are left out, so relaunching a sweep from another
+login node, disk or cluster finds the same folders. No timestamps: the same point always gets
+the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from launcher.schema import IDENTITY_SECTIONS, non_identity_fields
+
+
+def identity(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The result-relevant values of ``cfg``, section by section, resolved."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in IDENTITY_SECTIONS:
+        values = OmegaConf.to_container(cfg[section], resolve=True)
+        assert isinstance(values, dict)
+        skip = non_identity_fields(section)
+        out[section] = {k: v for k, v in sorted(values.items()) if k not in skip}
+    return out
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Eight hex digits of the SHA-1 of :func:`identity` as canonical JSON."""
+    blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def run_id(cfg: DictConfig) -> str:
+    """``<model>-<data>-<samples>-<hash8>``."""
+    return f"{cfg.model.name}-{cfg.data.name}-{cfg.samples.name}-{config_hash(cfg)}"

@@ -1,0 +1,169 @@
+"""A sweep's plan: one :class:`Point` per grid point, derived quantities, checks and the table.
+
+Everything here runs on the login node before anything is queued: a point that cannot run
+(missing shards, a batch that does not divide, an unknown precision) fails here, in a second,
+with a message naming the config key at fault.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from braceexpand import braceexpand
+from omegaconf import DictConfig, OmegaConf
+
+from launcher import rundir
+from launcher.identity import run_id
+
+PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
+TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+
+
+class ConfigError(ValueError):
+    """A point's configuration cannot run; the message names the key at fault."""
+
+
+@dataclass
+class Point:
+    """One grid point: its overrides, composed config and what follows from them."""
+
+    overrides: list[str]
+    cfg: DictConfig
+    run_id: str
+    run_dir: Path
+    state: str
+
+    @property
+    def global_batch(self) -> int:
+        return int(self.cfg.model.global_batch)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps: ceil(samples seen / global batch)."""
+        return math.ceil(int(self.cfg.samples.seen) / self.global_batch)
+
+    @property
+    def samples_seen(self) -> int:
+        """Pairs actually seen: whole steps of the global batch."""
+        return self.steps * self.global_batch
+
+    @property
+    def nodes(self) -> int:
+        c = self.cfg.cluster
+        if c.nodes:
+            return int(c.nodes)
+        return max(1, math.ceil(self.global_batch / (int(self.cfg.model.local_batch) * c.gpus_per_node)))
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * int(self.cfg.cluster.gpus_per_node)
+
+    @property
+    def accumulation(self) -> int:
+        """Gradient-accumulation steps so that gpus x local batch x accumulation = global batch."""
+        return max(1, self.global_batch // (self.gpus * int(self.cfg.model.local_batch)))
+
+    @property
+    def compute_gmacs(self) -> float:
+        """The paper's x axis: forward GMACs per pair x samples seen."""
+        return float(self.cfg.model.gmacs) * self.samples_seen
+
+    @property
+    def gpu_hours(self) -> float:
+        """Estimated A100-hours: the paper's measured per-GPU throughput where known, else
+        training FLOPs (3 x forward) at 15% of the device's peak, the MFU the paper reached."""
+        per_gpu = float(self.cfg.model.ref_samples_per_s_per_gpu)
+        if per_gpu > 0:
+            return self.samples_seen / per_gpu / 3600
+        flops = 3 * 2 * float(self.cfg.model.gmacs) * 1e9 * self.samples_seen
+        return flops / (0.15 * float(self.cfg.cluster.gpu_peak_tflops) * 1e12) / 3600
+
+
+def make_point(overrides: list[str], cfg: DictConfig) -> Point:
+    path = rundir.run_dir(cfg)
+    return Point(list(overrides), cfg, run_id(cfg), path, rundir.state(path))
+
+
+def check(point: Point, need_data: bool = True) -> None:
+    """Raise :class:`ConfigError` if the point cannot run. ``need_data=False`` (dry runs) skips
+    the checks that need the dataset on disk."""
+    cfg = point.cfg
+    where = f"point [{' '.join(point.overrides) or 'defaults'}]"
+    missing = sorted(k for k in _missing_keys(cfg) if not (k == "data.shards" and not need_data))
+    if missing:
+        hint = ""
+        if "data.shards" in missing:
+            hint = (f" (data={cfg.data.name} needs the img2dataset shards of {cfg.data.label}: "
+                    f"pass data.shards=/path/to/{cfg.data.name}/{{00000..NNNNN}}.tar)")
+        raise ConfigError(f"{where}: missing required value(s) {', '.join(missing)}{hint}")
+    if cfg.model.precision not in PRECISIONS:
+        raise ConfigError(f"{where}: model.precision={cfg.model.precision!r} is not one of {', '.join(PRECISIONS)}")
+    for key in ("model.global_batch", "model.local_batch", "samples.seen"):
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"{where}: {key} must be positive, got {OmegaConf.select(cfg, key)}")
+    per_step = point.gpus * int(cfg.model.local_batch) * point.accumulation
+    if per_step != point.global_batch:
+        raise ConfigError(
+            f"{where}: model.global_batch={point.global_batch} is not nodes x gpus_per_node x "
+            f"model.local_batch x accumulation ({point.nodes} x {cfg.cluster.gpus_per_node} x "
+            f"{cfg.model.local_batch} x k); choose a global batch that divides evenly")
+    for i, ds in enumerate(cfg.eval.datasets):
+        if ds.task not in TASKS:
+            raise ConfigError(f"{where}: eval.datasets[{i}].task={ds.task!r} is not one of {', '.join(TASKS)}")
+    if need_data and not cfg.data.synthetic:
+        _check_shards(where, str(cfg.data.shards))
+
+
+def _missing_keys(cfg: DictConfig) -> set[str]:
+    """Mandatory (``???``) keys outside Hydra's own node."""
+    out = set()
+    for key in cfg:
+        if key == "hydra":
+            continue
+        if OmegaConf.is_missing(cfg, key):
+            out.add(str(key))
+        elif OmegaConf.is_config(cfg[key]):
+            out |= set(OmegaConf.missing_keys(cfg[key]))
+    return out
+
+
+def _check_shards(where: str, pattern: str) -> None:
+    files = list(braceexpand(pattern))
+    absent = [f for f in (files[0], files[-1]) if not Path(f).is_file()]
+    if absent:
+        raise ConfigError(f"{where}: data.shards={pattern!r}: shard file not found: {absent[0]}")
+
+
+def fmt_count(n: float) -> str:
+    """1.3e10 -> '13B', 55296 -> '55.3k'."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.0f}{unit}" if v >= 100 or v == int(v) else f"{v:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+COLUMNS = ("run id", "model", "data", "samples seen", "global batch", "steps", "GPUs",
+           "compute (GMACs)", "GPU-hours", "state")
+
+
+def rows(points: list[Point]) -> list[tuple[str, ...]]:
+    return [(p.run_id, p.cfg.model.name, p.cfg.data.name, fmt_count(p.samples_seen),
+             f"{p.global_batch:,}", f"{p.steps:,}", f"{p.gpus:,}", f"{p.compute_gmacs:.3g}",
+             f"{p.gpu_hours:,.1f}", p.state) for p in points]
+
+
+def table(points: list[Point]) -> str:
+    """The plan as a fixed-width table with a totals line."""
+    body = rows(points)
+    states = {s: sum(p.state == s for p in points) for s in rundir.STATES}
+    total = ("total", f"{len(points)} points", "", fmt_count(sum(p.samples_seen for p in points)),
+             "", f"{sum(p.steps for p in points):,}", f"{max((p.gpus for p in points), default=0):,} max",
+             f"{sum(p.compute_gmacs for p in points):.3g}", f"{sum(p.gpu_hours for p in points):,.1f}",
+             " ".join(f"{n} {s}" for s, n in states.items() if n))
+    widths = [max(len(r[i]) for r in [COLUMNS, *body, total]) for i in range(len(COLUMNS))]
+    line = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    sep = "-" * len(line(COLUMNS))
+    return "\n".join([line(COLUMNS), sep, *map(line, body), sep, line(total)])

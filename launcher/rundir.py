@@ -1,0 +1,110 @@
+"""The run folder: everything a run owns lives under ``<root>/<run id>/``.
+
+Layout::
+
+    config.yaml       resolved config of the latest launch (rewritten atomically)
+    meta.json         run id, config hash, identity, git commit, created (first launch)
+    status.jsonl      append-only event log: one JSON object per line (see ``log_event``)
+    train_log.jsonl   training progress (training stage)
+    checkpoints/      training checkpoints (training stage)
+    eval/             evaluation records (evaluation stage, the result store)
+
+A run's state is read from its status log: ``new`` (no folder or no events), ``done`` (last
+event ``done``), ``failed`` (last event ``failed``), ``cancelled``, or ``partial`` (started,
+not finished: a relaunch resumes it from its newest checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from launcher.identity import config_hash, identity, run_id
+from training.io import append_jsonl, atomic_write_json, atomic_write_text
+
+STATES = ("new", "partial", "done", "failed", "cancelled")
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The project's current commit (``-dirty`` when the tree has changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """Absolute folder of the run ``cfg`` describes."""
+    return Path(cfg.root).expanduser().resolve() / run_id(cfg)
+
+
+def prepare(cfg: DictConfig) -> Path:
+    """Create the run folder and write its config and metadata; returns the folder."""
+    path = run_dir(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if not (path / "meta.json").exists():
+        atomic_write_json(path / "meta.json", {
+            "run_id": path.name,
+            "config_hash": config_hash(cfg),
+            "identity": identity(cfg),
+            "git_commit": git_commit(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+    return path
+
+
+def log_event(path: Path, event: str, **fields: Any) -> None:
+    """Append ``{"time", "event", "host", "pid", "git_commit", **fields}`` to the status log."""
+    append_jsonl(Path(path) / "status.jsonl", {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event,
+        "host": socket.gethostname(), "pid": os.getpid(), "git_commit": git_commit(), **fields,
+    })
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    """The status log's events; a torn last line (a writer killed mid-write) is ignored."""
+    try:
+        lines = (Path(path) / "status.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def state(path: Path) -> str:
+    """One of :data:`STATES`, from the status log."""
+    evs = [e for e in events(path) if e.get("event") != "skipped"]
+    if not evs:
+        return "new"
+    last = evs[-1].get("event")
+    if last in ("done", "failed", "cancelled"):
+        return str(last)
+    return "partial"
+
+
+def last_error(path: Path) -> str | None:
+    """The error line of the newest ``failed`` event, if any."""
+    for ev in reversed(events(path)):
+        if ev.get("event") == "failed":
+            return str(ev.get("error", ""))
+    return None

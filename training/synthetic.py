@@ -1,0 +1,570 @@
+"""Generated image-text data for the embedded default (no GPU, no internet).
+
+Each picture is a small drawn scene: one to three coloured shapes (circle, square, triangle,
+diamond, cross), each large or small, at one of nine places, on a plain dark background, with
+jitter of place, size, angle and colour, pixel noise and JPEG artefacts. Its caption describes
+the shapes compositionally with varied wording, e.g. "a big red circle on the left and a small
+blue cross at the bottom", so a model must read the text, not match a fixed string.
+
+File formats written here:
+
+* Training set: webdataset shards ``00000.tar, 00001.tar, ...`` in img2dataset's layout, each
+  sample a key ``%09d`` with ``.jpg``, ``.txt`` (the caption) and ``.json`` (key, caption,
+  width, height, status, and the scene: ``background`` and ``objects``, each object with
+  ``shape``, ``color``, ``size``, ``position``, ``center`` and ``radius`` in pixels).
+* Evaluation sets, in clip_benchmark's ``wds/`` layout (``build_dataset("wds/NAME", root=DIR)``):
+  ``DIR/test/nshards.txt``, ``DIR/test/0.tar ...``, ``DIR/dataset_type.txt`` and, for
+  classification, ``DIR/classnames.txt`` and ``DIR/zeroshot_classification_templates.txt``.
+  Classification samples carry ``.jpg`` and ``.cls`` (class index); retrieval samples carry
+  ``.jpg`` and ``.txt`` (one caption per line).
+
+Every folder is built in a temporary sibling, gets a ``_SUCCESS`` marker holding the
+arguments, and is then renamed into place, so a folder either is complete or does not exist;
+a folder whose marker matches the request is reused as is. Every sample is drawn from its own
+random stream, keyed by (purpose, seed, index), so the bytes depend only on the arguments and
+the training and evaluation streams never coincide.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import re
+import shutil
+import socket
+import tarfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from training.io import atomic_write_json, atomic_write_text
+
+GENERATOR_VERSION = 1
+"""Bump when the drawing or the captions change: it is part of every marker, so old data is
+regenerated rather than silently mixed with new."""
+
+SUCCESS = "_SUCCESS"
+EVAL_SETS = ("synth_shapes", "synth_shapes_outline", "synth_scenes")
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 175, 60),
+    "blue": (50, 90, 235),
+    "yellow": (240, 220, 40),
+    "purple": (150, 60, 205),
+    "orange": (250, 140, 30),
+    "white": (240, 240, 240),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+CLASSNAMES = [f"{c} {s}" for c in COLORS for s in SHAPES]
+"""Zero-shot classes of synth_shapes(_outline): "<color> <shape>" of the one drawn object."""
+
+TEMPLATES = [
+    "a photo of a {c}.",
+    "a drawing of a {c}.",
+    "a picture of a {c}.",
+    "an image of a {c}.",
+    "a {c}.",
+    "a big {c}.",
+    "a small {c}.",
+]
+
+BACKGROUNDS: dict[str, int] = {"black": 20, "dark gray": 60, "gray": 100}
+"""Gray levels of the plain backgrounds; kept dark so that every object colour, white
+included, stands out."""
+
+# Nine places: name -> (x, y) centre as a fraction of the side. The margins keep a large
+# object mostly inside the frame.
+POSITIONS: dict[str, tuple[float, float]] = {
+    "top left": (0.24, 0.24), "top": (0.5, 0.24), "top right": (0.76, 0.24),
+    "left": (0.24, 0.5), "center": (0.5, 0.5), "right": (0.76, 0.5),
+    "bottom left": (0.24, 0.76), "bottom": (0.5, 0.76), "bottom right": (0.76, 0.76),
+}
+# Radius as a fraction of the side; a gap between the two ranges keeps "small" and "large"
+# well defined.
+SIZES: dict[str, tuple[float, float]] = {"small": (0.08, 0.12), "large": (0.17, 0.22)}
+
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+PLACE_WORDS = {
+    "center": ("in the center", "in the middle"),
+    "left": ("on the left", "at the left"),
+    "right": ("on the right", "at the right"),
+    "top": ("at the top", "on top"),
+    "bottom": ("at the bottom", "on the bottom"),
+}
+JOINERS = (" and ", ", ", " with ", " next to ")
+PREFIXES = ("", "", "", "a picture of ", "a drawing of ", "an image of ", "a photo of ")
+MAX_TOKENS = 20
+"""Caption budget in (estimated) BPE tokens; open_clip's context of 24 keeps 22 after the
+start and end tokens, so captions are never truncated."""
+
+SUPERSAMPLE = 4  # draw at 4x and box-filter down: anti-aliased edges keep small shapes legible
+JPEG_QUALITY = 90
+NOISE_STD = 6.0
+
+# Disjoint random streams: a sample's stream is keyed by its purpose as well as seed and index.
+STREAM_TRAIN = "train"
+STREAM_SHAPES = "eval/synth_shapes"
+STREAM_OUTLINE = "eval/synth_shapes_outline"
+STREAM_SCENES = "eval/synth_scenes"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenes
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One drawn shape; ``cx``, ``cy``, ``r`` are fractions of the image side."""
+
+    shape: str
+    color: str
+    size: str
+    position: str
+    cx: float
+    cy: float
+    r: float
+    angle: float
+    rgb: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: str
+    bg_level: int
+    objects: tuple[Obj, ...]
+
+
+def _rng(stream: str, seed: int, index: int) -> random.Random:
+    # String seeds are hashed with SHA-512 by ``random``: stable across runs, platforms and
+    # PYTHONHASHSEED, and independent between streams.
+    return random.Random(f"clipscale/{stream}/{seed}/{index}")
+
+
+def _make_obj(rng: random.Random, position: str, size: str, shape: str, color: str) -> Obj:
+    fx, fy = POSITIONS[position]
+    lo, hi = SIZES[size]
+    rgb = tuple(int(np.clip(v + rng.uniform(-22, 22), 0, 255)) for v in COLORS[color])
+    return Obj(
+        shape=shape, color=color, size=size, position=position,
+        cx=fx + rng.uniform(-0.05, 0.05), cy=fy + rng.uniform(-0.05, 0.05),
+        r=rng.uniform(lo, hi), angle=rng.uniform(-15, 15), rgb=rgb,  # type: ignore[arg-type]
+    )
+
+
+def sample_scene(rng: random.Random, n_objects: int | None = None) -> Scene:
+    """Draw a scene of 1-3 objects at distinct places; larger objects first so that small
+    ones painted later stay visible."""
+    n = n_objects or rng.choice((1, 2, 2, 3, 3))
+    places = rng.sample(list(POSITIONS), n)
+    objs = [
+        _make_obj(rng, p, rng.choice(list(SIZES)), rng.choice(SHAPES), rng.choice(list(COLORS)))
+        for p in places
+    ]
+    objs.sort(key=lambda o: o.size != "large")
+    background = rng.choice(list(BACKGROUNDS))
+    level = BACKGROUNDS[background] + rng.randint(-10, 10)
+    return Scene(background=background, bg_level=level, objects=tuple(objs))
+
+
+def class_scene(rng: random.Random, label: int) -> Scene:
+    """A classification scene: the one object of class ``CLASSNAMES[label]``, any size, any
+    place."""
+    color, shape = list(COLORS)[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
+    obj = _make_obj(rng, rng.choice(list(POSITIONS)), rng.choice(list(SIZES)), shape, color)
+    background = rng.choice(list(BACKGROUNDS))
+    level = BACKGROUNDS[background] + rng.randint(-10, 10)
+    return Scene(background=background, bg_level=level, objects=(obj,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Vertices of a non-circle shape; radii are chosen so every shape covers a similar area."""
+    if shape == "square":
+        pts = [(0.88 * r * sx, 0.88 * r * sy) for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    elif shape == "triangle":
+        pts = [(1.3 * r * math.sin(a), -1.3 * r * math.cos(a)) for a in (0, 2.094, 4.189)]
+        pts = [(x, y + 0.2 * r) for x, y in pts]  # centre the bounding box, not the centroid
+    elif shape == "diamond":
+        # Taller than wide, so it is not merely a tilted square.
+        pts = [(0.0, -1.3 * r), (0.8 * r, 0.0), (0.0, 1.3 * r), (-0.8 * r, 0.0)]
+    elif shape == "cross":
+        a, w = 1.1 * r, 0.38 * r
+        pts = [(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w),
+               (w, a), (-w, a), (-w, w), (-a, w), (-a, -w), (-w, -w)]
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
+def _draw_obj(draw: ImageDraw.ImageDraw, o: Obj, side: int, outline: int) -> None:
+    cx, cy, r = o.cx * side, o.cy * side, o.r * side
+    fill, line = (None, o.rgb) if outline else (o.rgb, None)
+    if o.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=line, width=outline or 1)
+    else:
+        pts = _polygon(o.shape, cx, cy, r, o.angle)
+        draw.polygon(pts, fill=fill, outline=line, width=outline or 1)
+
+
+def _texture(rng: random.Random, size: int, level: int) -> Image.Image:
+    """A smooth random gray texture around ``level`` (the shifted eval set's background)."""
+    coarse = np.random.default_rng(rng.getrandbits(64)).uniform(-45, 45, (4, 4)) + level
+    img = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8), "L")
+    return img.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
+
+
+def render(scene: Scene, image_size: int, rng: random.Random, style: str = "filled") -> bytes:
+    """JPEG bytes of ``scene``. ``style="outline"``: shapes drawn as outlines on a textured
+    background, the distribution shift of synth_shapes_outline."""
+    side = image_size * SUPERSAMPLE
+    if style == "outline":
+        canvas = _texture(rng, side, scene.bg_level + 20)
+    else:
+        canvas = Image.new("RGB", (side, side), (scene.bg_level,) * 3)
+    draw = ImageDraw.Draw(canvas)
+    width = round(1.6 * SUPERSAMPLE) if style == "outline" else 0
+    for o in scene.objects:
+        _draw_obj(draw, o, side, width)
+    small = np.asarray(canvas.resize((image_size, image_size), Image.Resampling.BOX), np.float32)
+    noise = np.random.default_rng(rng.getrandbits(64)).normal(0, NOISE_STD, small.shape)
+    pixels = np.clip(small + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    # 4:4:4 chroma: the default 4:2:0 would smear the colour of a 6-pixel shape.
+    Image.fromarray(pixels).save(buf, "JPEG", quality=JPEG_QUALITY, subsampling=0)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions
+
+
+def _tokens(text: str) -> int:
+    """Estimated BPE tokens: every word and punctuation mark of this vocabulary is one token."""
+    return len(re.findall(r"[a-z]+|[^\sa-z]", text))
+
+
+def _place_phrase(rng: random.Random, position: str) -> str:
+    if position in PLACE_WORDS:
+        return rng.choice(PLACE_WORDS[position])
+    return rng.choice(("in the ", "at the ")) + position
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _phrase(rng: random.Random, o: Obj, with_size: bool, with_place: bool) -> str:
+    words = ([rng.choice(SIZE_WORDS[o.size])] if with_size else []) + [o.color, o.shape]
+    noun = f"{_article(words[0])} {' '.join(words)}"
+    if not with_place:
+        return noun
+    place = _place_phrase(rng, o.position)
+    return f"{place} {noun}" if rng.random() < 0.25 else f"{noun} {place}"
+
+
+def caption(rng: random.Random, scene: Scene, detail: float = 0.85) -> str:
+    """A caption naming every object's colour and shape; size, place and background are each
+    mentioned with probability ``detail`` and dropped, places first, to fit ``MAX_TOKENS``."""
+    objs = list(scene.objects)
+    rng.shuffle(objs)
+    flags = [[rng.random() < detail, rng.random() < detail] for _ in objs]
+    with_bg = rng.random() < detail * 0.3
+    prefix = rng.choice(PREFIXES)
+    while True:
+        parts = [_phrase(rng, o, s, p) for o, (s, p) in zip(objs, flags)]
+        text = prefix + rng.choice(JOINERS).join(parts)
+        text += f" on a {scene.background} background" if with_bg else ""
+        if _tokens(text) <= MAX_TOKENS:
+            return text
+        _drop_detail(rng, flags, with_bg, prefix)
+        with_bg, prefix = False, prefix if with_bg else ""
+
+
+def _drop_detail(rng: random.Random, flags: list[list[bool]], with_bg: bool, prefix: str) -> None:
+    """Drop one detail in place; the background and the prefix go first (via the caller)."""
+    if with_bg or prefix:
+        return
+    for slot in (1, 0):  # places, then sizes
+        on = [f for f in flags if f[slot]]
+        if on:
+            rng.choice(on)[slot] = False
+            return
+    raise AssertionError("a caption without details cannot exceed the budget")
+
+
+def scene_json(scene: Scene, image_size: int) -> dict[str, Any]:
+    """The scene attributes stored in a training sample's ``.json``."""
+    return {
+        "background": scene.background,
+        "objects": [
+            {
+                "shape": o.shape, "color": o.color, "size": o.size, "position": o.position,
+                "center": [round(o.cx * image_size, 2), round(o.cy * image_size, 2)],
+                "radius": round(o.r * image_size, 2),
+            }
+            for o in scene.objects
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Tar files and atomic folders
+
+
+def _write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
+    """A tar whose bytes depend only on ``members`` (fixed mtime, owner and mode)."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _marker_matches(folder: Path, args: dict[str, Any]) -> bool:
+    try:
+        return json.loads((folder / SUCCESS).read_text()).get("args") == args
+    except (OSError, ValueError):
+        return False
+
+
+def _tmp_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}.tmp-{socket.gethostname()}-"
+
+
+def _clean_stale_tmp(out_dir: Path) -> None:
+    """Remove temporary siblings left by killed runs on this host. Another host's or a live
+    process's folders are left alone: that run may still be writing."""
+    prefix = _tmp_prefix(out_dir)
+    for tmp in out_dir.parent.glob(prefix + "*"):
+        pid = tmp.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def build_atomically(out_dir: Path, args: dict[str, Any], fill: Callable[[Path], None]) -> bool:
+    """Make ``out_dir`` hold what ``fill(folder)`` writes, marked with ``args``.
+
+    Returns False, doing nothing, when ``out_dir/_SUCCESS`` already records ``args``. Else
+    ``fill`` writes into a fresh temporary sibling, the marker is added, and the sibling is
+    renamed into place, replacing an earlier generated folder with other arguments. A
+    concurrent run that published the same arguments first wins; this one's copy is discarded.
+    A non-empty ``out_dir`` without a marker is not ours to delete: FileExistsError.
+    """
+    if _marker_matches(out_dir, args):
+        return False
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(out_dir)
+    tmp = out_dir.parent / f"{_tmp_prefix(out_dir)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        atomic_write_json(tmp / SUCCESS, {"args": args})
+        _publish(tmp, out_dir, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def _publish(tmp: Path, out_dir: Path, args: dict[str, Any]) -> None:
+    if out_dir.exists() and not (out_dir / SUCCESS).exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} holds files not written by this generator; move it away")
+    try:
+        os.rename(tmp, out_dir)  # succeeds when out_dir is missing or an empty folder
+        return
+    except OSError:
+        if _marker_matches(out_dir, args):
+            return  # a concurrent run published the same data first
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training set
+
+
+def train_sample(seed: int, index: int, image_size: int) -> list[tuple[str, bytes]]:
+    """Tar members of training sample ``index``: ``.jpg``, ``.txt``, ``.json``."""
+    rng = _rng(STREAM_TRAIN, seed, index)
+    scene = sample_scene(rng)
+    text = caption(rng, scene)
+    key = f"{index:09d}"
+    meta = {"key": key, "caption": text, "width": image_size, "height": image_size,
+            "status": "success", **scene_json(scene, image_size)}
+    return [
+        (f"{key}.jpg", render(scene, image_size, rng)),
+        (f"{key}.txt", text.encode()),
+        (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+    ]
+
+
+def generate_train(
+    out_dir: str | Path, num_samples: int, seed: int, image_size: int = 32, shard_size: int = 1024
+) -> list[Path]:
+    """Write ``num_samples`` image-text pairs as webdataset shards ``out_dir/00000.tar, ...``.
+
+    img2dataset's layout: sample keys ``%09d`` with ``.jpg``, ``.txt`` (caption) and ``.json``
+    (key, caption, width, height, status and the scene attributes, see the module docstring).
+    ``ceil(num_samples / shard_size)`` shards, named with 5 digits. The bytes depend only on
+    the arguments, and sample ``i`` does not depend on ``shard_size``. Atomic and idempotent:
+    a folder whose ``_SUCCESS`` records the same arguments is returned as is. Returns the
+    shard paths.
+    """
+    if num_samples < 1 or shard_size < 1:
+        raise ValueError(f"num_samples and shard_size must be positive, got {num_samples}, {shard_size}")
+    out_dir = Path(out_dir)
+    n_shards = math.ceil(num_samples / shard_size)
+    args = {"kind": "train", "num_samples": num_samples, "seed": seed, "image_size": image_size,
+            "shard_size": shard_size, "version": GENERATOR_VERSION}
+
+    def fill(folder: Path) -> None:
+        for s in range(n_shards):
+            idx = range(s * shard_size, min((s + 1) * shard_size, num_samples))
+            _write_tar(folder / f"{s:05d}.tar",
+                       (m for i in idx for m in train_sample(seed, i, image_size)))
+
+    build_atomically(out_dir, args, fill)
+    return [out_dir / f"{s:05d}.tar" for s in range(n_shards)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation sets
+
+
+def _classification_members(stream: str, seed: int, n: int, image_size: int, style: str
+                            ) -> Iterator[tuple[str, bytes]]:
+    for i in range(n):
+        rng = _rng(stream, seed, i)
+        label = i % len(CLASSNAMES)  # balanced classes
+        scene = class_scene(rng, label)
+        yield f"s{i:07d}.jpg", render(scene, image_size, rng, style)
+        yield f"s{i:07d}.cls", str(label).encode()
+
+
+def _retrieval_members(seed: int, n: int, image_size: int, captions_per_image: int
+                       ) -> Iterator[tuple[str, bytes]]:
+    for i in range(n):
+        rng = _rng(STREAM_SCENES, seed, i)
+        scene = sample_scene(rng)
+        # Full detail, so a caption singles out its image among the whole set as far as the
+        # token budget allows.
+        texts = [caption(rng, scene, detail=1.0) for _ in range(captions_per_image)]
+        yield f"s{i:07d}.jpg", render(scene, image_size, rng)
+        yield f"s{i:07d}.txt", "\n".join(texts).encode()
+
+
+def _wds_fill(members: Iterable[tuple[str, bytes]], meta: dict[str, str]) -> Callable[[Path], None]:
+    """A ``fill`` writing clip_benchmark's wds layout: one test shard plus metadata files."""
+    def fill(folder: Path) -> None:
+        (folder / "test").mkdir()
+        _write_tar(folder / "test" / "0.tar", members)
+        atomic_write_text(folder / "test" / "nshards.txt", "1\n")
+        for name, text in meta.items():
+            atomic_write_text(folder / name, text)
+    return fill
+
+
+def generate_eval(
+    out_dir: str | Path, seed: int = 1234, image_size: int = 32,
+    n_classification: int = 1000, n_retrieval: int = 1000,
+) -> dict[str, Path]:
+    """Write the three held-out sets under ``out_dir/<name>/`` in clip_benchmark's wds layout.
+
+    synth_shapes: zero-shot classification into ``CLASSNAMES`` (one object per picture, in
+    the training style). synth_shapes_outline: the same classes drawn as outlines on a
+    textured background (a distribution shift). synth_scenes: image-text retrieval, training-
+    style scenes with two captions each. Each set is built atomically with its own
+    ``_SUCCESS``. The random streams differ from the training set's, whatever the seeds.
+    Returns ``{name: folder}``.
+    """
+    out_dir = Path(out_dir)
+    base = {"seed": seed, "image_size": image_size, "version": GENERATOR_VERSION}
+    cls_meta = {"classnames.txt": "\n".join(CLASSNAMES) + "\n",
+                "zeroshot_classification_templates.txt": "\n".join(TEMPLATES) + "\n",
+                "dataset_type.txt": "classification\n"}
+    jobs = {
+        "synth_shapes": (n_classification, lambda: _classification_members(
+            STREAM_SHAPES, seed, n_classification, image_size, "filled"), cls_meta),
+        "synth_shapes_outline": (n_classification, lambda: _classification_members(
+            STREAM_OUTLINE, seed, n_classification, image_size, "outline"), cls_meta),
+        "synth_scenes": (n_retrieval, lambda: _retrieval_members(seed, n_retrieval, image_size, 2),
+                         {"dataset_type.txt": "retrieval\n"}),
+    }
+    for name, (n, members, meta) in jobs.items():
+        args = {"kind": name, "n": n, **base}
+        build_atomically(out_dir / name, args, lambda folder, m=members, t=meta: _wds_fill(m(), t)(folder))
+    return {name: out_dir / name for name in EVAL_SETS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Config entry point
+
+
+_BRACE = re.compile(r"^\{(\d+)\.\.(\d+)\}\.tar$")
+
+
+def _check_shard_pattern(shards: str, n_shards: int) -> None:
+    """``shards`` must read ``<folder>/{00000..<n_shards-1>}.tar``, as generate_train names them."""
+    m = _BRACE.match(Path(shards).name)
+    want = f"{{00000..{n_shards - 1:05d}}}.tar"
+    if not m or int(m.group(1)) != 0 or int(m.group(2)) != n_shards - 1 or len(m.group(2)) != 5:
+        raise ValueError(
+            f"data.shards={shards!r} does not match the generated shards: data.num_samples needs "
+            f"{n_shards} shards of 1024, i.e. a file name of {want!r}"
+        )
+
+
+def _synthetic_eval_parents(cfg: Any) -> list[Path]:
+    eval_root = Path(f"{cfg.data_root}/synthetic/eval").resolve()
+    parents: list[Path] = []
+    for entry in cfg.eval.datasets:
+        root = Path(entry.root).resolve()
+        if not root.is_relative_to(eval_root):
+            continue  # real data: never touched
+        if root.name not in EVAL_SETS:
+            raise ValueError(f"eval dataset {entry.name!r}: {entry.root} is under the synthetic "
+                             f"eval folder but is none of {EVAL_SETS}")
+        if root.parent not in parents:
+            parents.append(root.parent)
+    return parents
+
+
+def ensure_datasets(cfg: Any) -> None:
+    """Generate the embedded data a composed clipscale config needs and that is missing.
+
+    If ``cfg.data.synthetic``: the training shards in ``Path(cfg.data.shards).parent``, after
+    checking the brace range of ``cfg.data.shards`` names exactly the generated shards
+    (ValueError naming ``data.shards`` otherwise). For every ``cfg.eval.datasets`` entry whose
+    root lies under ``{cfg.data_root}/synthetic/eval/``: the evaluation sets in its parent
+    folder. Real data is never touched. Cheap when everything exists (markers only).
+    """
+    data = cfg.data
+    if data.synthetic:
+        _check_shard_pattern(str(data.shards), math.ceil(data.num_samples / 1024))
+        generate_train(Path(str(data.shards)).parent, data.num_samples, data.seed, data.image_size)
+    for parent in _synthetic_eval_parents(cfg):
+        generate_eval(parent, image_size=data.image_size)
