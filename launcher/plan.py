@@ -96,7 +96,7 @@ def check(point: Point, need_data: bool = True) -> None:
         hint = ""
         if "data.shards" in missing:
             hint = (f" (data={cfg.data.name} needs the img2dataset shards of {cfg.data.label}: "
-                    f"pass data.shards=/path/to/{cfg.data.name}/{{00000..NNNNN}}.tar)")
+                    f"pass \"data.shards='/path/to/{cfg.data.name}/{{00000..NNNNN}}.tar'\")")
         raise ConfigError(f"{where}: missing required value(s) {', '.join(missing)}{hint}")
     if cfg.model.precision not in PRECISIONS:
         raise ConfigError(f"{where}: model.precision={cfg.model.precision!r} is not one of {', '.join(PRECISIONS)}")

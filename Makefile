@@ -1,0 +1,55 @@
+# clipscale: `make help` lists the targets. Every target creates the environment if it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, from the wheels this platform serves (a CPU/CUDA build of your choice elsewhere)
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+ROOT ?= runs
+SWEEP ?= demo
+SOURCE ?= store
+OUT ?= reports/$(if $(filter paper,$(SOURCE)),paper,$(SWEEP))
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: SWEEP=$(SWEEP) ROOT=$(ROOT) SOURCE=store|paper|both OUT=$(OUT)"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create the virtual environment (.venv) with every dependency
+
+demo: venv ## Run the embedded default end to end: 12 tiny points, evaluation, power-law fit
+	$(PY) launch.py -m sweep=demo root=$(ROOT)
+	$(PY) -m analysis --source store --root $(ROOT) --out reports/demo
+
+sweep: venv ## Run a named sweep locally: make sweep SWEEP=demo
+	$(PY) launch.py -m sweep=$(SWEEP) root=$(ROOT)
+
+dry-run: venv ## Print a sweep's plan (points, steps, GPUs, compute, state): make dry-run SWEEP=paper
+	$(PY) launch.py -m sweep=$(SWEEP) root=$(ROOT) dry_run=true
+
+status: venv ## Status table of a sweep's points: make status SWEEP=demo
+	$(PY) -m launcher.status --sweep $(SWEEP) --root $(ROOT)
+
+analyze: venv ## Fit and plot scaling laws: make analyze SOURCE=store|paper|both
+	$(PY) -m analysis --source $(SOURCE) --root $(ROOT) --out $(OUT)
+
+test: venv ## Run the test suite (what CI runs)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv ## ruff and mypy on the packages
+	$(VENV)/bin/ruff check launcher training evaluation analysis hydra_plugins launch.py tests
+	$(VENV)/bin/mypy launcher training evaluation analysis --ignore-missing-imports
+
+clean: ## Remove runs, generated data and reports (keeps .venv)
+	rm -rf runs data reports
+
+.PHONY: help venv demo sweep dry-run status analyze test lint clean
