@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
 """Tasks this stage runs (the paper's downstream evaluation)."""
 
-_MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "model_configs"
-
 
 def evaluate(
     cfg: DictConfig, run_dir: Path, checkpoint: str | Path, step: int, final: bool = True
@@ -46,7 +44,9 @@ def evaluate(
     datasets = list(cfg.eval.datasets)
     for ds in datasets:
         if ds.task not in TASKS:
-            raise ValueError(f"eval dataset {ds.name}: unsupported task {ds.task!r}, not in {TASKS}")
+            raise ValueError(
+                f"eval dataset {ds.name}: unsupported task {ds.task!r}, not in {TASKS}"
+            )
     done, todo = _split_done(run_dir, step, datasets)
     todo = [ds for ds in todo if _root_present(ds)]
     if not todo:
@@ -106,35 +106,25 @@ def _root_present(ds: Any) -> bool:
     if not (root / ds.split / "nshards.txt").is_file():
         log.error(
             "eval dataset %s: %s is not in clip_benchmark's wds layout (no %s/nshards.txt); skipped",
-            ds.name, root, ds.split,
+            ds.name,
+            root,
+            ds.split,
         )
         return False
     return True
-
-
-def _register_model_configs() -> None:
-    """Make the tiny clipscale architectures known to open_clip."""
-    try:
-        from training.models import register_model_configs
-    except ModuleNotFoundError as e:
-        if e.name != "training.models":
-            raise
-        import open_clip
-
-        open_clip.add_model_config(_MODEL_CONFIGS)
-    else:
-        register_model_configs()
 
 
 def _load_model(arch: str, checkpoint: str | Path, device: str) -> tuple[Any, Any, Any]:
     """open_clip model (eval mode, on ``device``), its validation transform and tokenizer."""
     import open_clip
 
+    from training.models import register_model_configs
+
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         # open_clip would take a missing path for a pretrained *tag* and fail obscurely
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    _register_model_configs()
+    register_model_configs()  # the tiny clipscale archs
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(checkpoint))
     model = model.to(device).eval()
     return model, preprocess, open_clip.get_tokenizer(arch)
@@ -147,8 +137,14 @@ def _run_clip_benchmark(
     from clip_benchmark.datasets.builder import build_dataset
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
+    # task must be passed: with its default (classification) a retrieval set fails an assert
     dataset = build_dataset(
-        _benchmark_name(ds.name), root=str(ds.root), transform=preprocess, split=ds.split
+        _benchmark_name(ds.name),
+        root=str(ds.root),
+        transform=preprocess,
+        split=ds.split,
+        language="en",
+        task=ds.task,
     )
     # As the CLI does for wds/ sets: webdataset batches (its collation keeps each image's
     # caption list intact for retrieval), the DataLoader only adds workers.
@@ -165,12 +161,21 @@ def _run_clip_benchmark(
     with outer:
         if ds.task == "zeroshot_classification":
             return zeroshot_classification.evaluate(
-                model, loader, tokenizer, dataset.classes, dataset.templates,
-                device=device, amp=amp,
+                model,
+                loader,
+                tokenizer,
+                dataset.classes,
+                dataset.templates,
+                device=device,
+                amp=amp,
             )
         return zeroshot_retrieval.evaluate(
-            model, loader, tokenizer, recall_k_list=list(eval_cfg.recall_k),
-            device=device, amp=amp,
+            model,
+            loader,
+            tokenizer,
+            recall_k_list=list(eval_cfg.recall_k),
+            device=device,
+            amp=amp,
         )
 
 

@@ -73,9 +73,7 @@ def check_record(record: Any) -> None:
         if key not in record:
             raise ValueError(f"missing key {key!r}")
     if record["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(
-            f"schema_version {record['schema_version']!r}, expected {SCHEMA_VERSION}"
-        )
+        raise ValueError(f"schema_version {record['schema_version']!r}, expected {SCHEMA_VERSION}")
     if not isinstance(record["metrics"], dict):
         raise ValueError("'metrics' is not an object")
 
@@ -141,6 +139,11 @@ def records_frame(root: str | os.PathLike[str]) -> pd.DataFrame:
     records, problems = read_records(root)
     for path, reason in problems:
         log.warning("skipping eval record %s: %s", path, reason)
+    return records_to_frame(records)
+
+
+def records_to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """``records`` as a table with flattened metrics (see ``records_frame``)."""
     columns = [k for k in REQUIRED_KEYS if k != "metrics"]
     rows = [{k: v for k, v in r.items() if k != "metrics"} | r["metrics"] for r in records]
     metric_names = sorted({m for r in records for m in r["metrics"]})

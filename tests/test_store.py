@@ -134,8 +134,8 @@ def _overwrite_same(args):
 
 
 def _pool_map(func, args):
-    # spawn, not fork: the writers must not share any state with the test process
-    with multiprocessing.get_context("spawn").Pool(len(args)) as pool:
+    # separate processes, not threads: writers on different nodes share nothing but the disk
+    with multiprocessing.get_context("fork").Pool(len(args)) as pool:
         pool.map(func, args)
 
 

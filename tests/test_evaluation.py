@@ -1,0 +1,218 @@
+"""The evaluation stage end to end: a real (random) tiny model scored by clip_benchmark on
+tiny sets written in clip_benchmark's wds/ layout, records in the store, resume, missing root."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from evaluation import store
+from evaluation.evaluate import evaluate
+from training.models import register_model_configs
+
+N_IMAGES = 64
+ARCH = "clipscale-tiny-s"
+
+
+def _png(rng: np.random.Generator) -> bytes:
+    pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_shard(path: Path, samples: list[dict[str, bytes]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for i, sample in enumerate(samples):
+            for ext, data in sample.items():
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (path.parent / "nshards.txt").write_text("1\n")
+
+
+def write_classification_set(root: Path, classes: list[str], seed: int) -> Path:
+    """clip_benchmark wds layout: classnames, templates, test/{nshards.txt,0.tar} (.png + .cls)."""
+    rng = np.random.default_rng(seed)
+    (root).mkdir(parents=True)
+    (root / "classnames.txt").write_text("\n".join(classes) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text(
+        "a photo of a {c}.\na drawing of a {c}.\n"
+    )
+    samples = [{"png": _png(rng), "cls": str(i % len(classes)).encode()} for i in range(N_IMAGES)]
+    _write_shard(root / "test" / "0.tar", samples)
+    return root
+
+
+def write_retrieval_set(root: Path, seed: int) -> Path:
+    """clip_benchmark wds layout: dataset_type.txt = retrieval, .png + .txt (a caption a line)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    (root / "dataset_type.txt").write_text("retrieval\n")
+    samples = [
+        {"png": _png(rng), "txt": f"a red square number {i}\na picture of item {i}".encode()}
+        for i in range(N_IMAGES)
+    ]
+    _write_shard(root / "test" / "0.tar", samples)
+    return root
+
+
+@pytest.fixture(scope="module")
+def eval_sets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval_sets")
+    shapes = ["circle", "square", "triangle", "star", "cross", "heart", "moon", "arrow"]
+    write_classification_set(root / "shapes", shapes, seed=0)
+    write_classification_set(root / "few", shapes[:3], seed=1)  # < 5 classes: acc5 is NaN
+    write_retrieval_set(root / "scenes", seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised tiny model saved as open_clip_train saves checkpoints."""
+    import open_clip
+
+    register_model_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model(ARCH)
+    path = tmp_path_factory.mktemp("ckpt") / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": model.state_dict()}, path)
+    return path
+
+
+def tiny_cfg(eval_sets: Path, datasets=None):
+    if datasets is None:
+        datasets = [
+            {
+                "name": "shapes",
+                "task": "zeroshot_classification",
+                "root": str(eval_sets / "shapes"),
+            },
+            {"name": "few", "task": "zeroshot_classification", "root": str(eval_sets / "few")},
+            {"name": "scenes", "task": "zeroshot_retrieval", "root": str(eval_sets / "scenes")},
+        ]
+    return OmegaConf.create(
+        {
+            "model": {
+                "name": "tiny_s",
+                "arch": ARCH,
+                "label": "Tiny-S",
+                "gmacs": 0.02,
+                "global_batch": 128,
+            },
+            "data": {"name": "syn4k", "label": "Syn-4k"},
+            "samples": {"name": "s6k", "seen": 6144},
+            "eval": {
+                "datasets": [{"split": "test", **d} for d in datasets],
+                "batch_size": 32,
+                "workers": 0,
+                "recall_k": [1, 5],
+            },
+            "sweep": None,
+        }
+    )
+
+
+def test_evaluate_writes_records_then_resumes(eval_sets, checkpoint, tmp_path):
+    run_dir = tmp_path / "run-a"
+    run_dir.mkdir()
+    meta = {"run_id": "tiny_s-syn4k-s6k-1a2b", "config_hash": "1a2b", "git_commit": "cafe"}
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    cfg = tiny_cfg(eval_sets)
+
+    records = evaluate(cfg, run_dir, checkpoint, step=48)
+
+    by_set = {r["dataset"]: r for r in records}
+    assert set(by_set) == {"wds/shapes", "wds/few", "wds/scenes"}
+    stored, problems = store.read_records(tmp_path)
+    assert problems == [] and sorted(stored, key=str) == sorted(records, key=str)
+    for r in records:
+        assert r["run_id"] == meta["run_id"] and r["git_commit"] == "cafe"
+        assert r["samples_seen"] == 48 * 128 and r["compute"] == pytest.approx(0.02 * 48 * 128)
+        assert r["family"] == "adhoc" and r["final"] is True and r["eval_seconds"] > 0
+        assert r["model"] == ARCH and r["pretrained"] == str(checkpoint)
+        values = [v for v in r["metrics"].values() if v is not None]
+        assert values and all(0.0 <= v <= 1.0 for v in values)
+    assert set(by_set["wds/shapes"]["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert by_set["wds/few"]["metrics"]["acc5"] is None  # clip_benchmark's NaN, as JSON null
+    assert set(by_set["wds/scenes"]["metrics"]) == {
+        f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5)
+    }
+
+    # resume: nothing is evaluated again (no model loaded: a missing checkpoint is not noticed)
+    again = evaluate(cfg, run_dir, tmp_path / "no-such-checkpoint.pt", step=48)
+    assert sorted(again, key=str) == sorted(records, key=str)  # same `created`, same metrics
+
+
+def test_embedded_config_on_generated_sets(make_cfg, checkpoint):
+    """The real composed config (eval=embedded) on training/synthetic.py's held-out sets."""
+    from training.synthetic import generate_eval
+
+    cfg = make_cfg()
+    generate_eval(Path(cfg.data_root) / "synthetic" / "eval", n_classification=48, n_retrieval=48)
+    cfg.eval.batch_size = 32
+    run_dir = Path(cfg.root) / "tiny_s-run"
+
+    records = evaluate(cfg, run_dir, checkpoint, step=2)
+
+    assert sorted(r["dataset"] for r in records) == [
+        "wds/synth_scenes",
+        "wds/synth_shapes",
+        "wds/synth_shapes_outline",
+    ]
+    assert store.read_records(cfg.root) == (sorted(records, key=_path_of(run_dir)), [])
+    for r in records:
+        assert r["model_name"] == cfg.model.name and r["data"] == cfg.data.name
+        assert r["samples_seen"] == 2 * cfg.model.global_batch
+        assert r["compute"] == pytest.approx(cfg.model.gmacs * r["samples_seen"])
+        assert all(v is None or 0.0 <= v <= 1.0 for v in r["metrics"].values())
+
+
+def _path_of(run_dir):
+    return lambda r: store.record_path(run_dir, r["step"], r["dataset"], r["task"])
+
+
+def test_missing_root_is_skipped_and_others_run(eval_sets, checkpoint, tmp_path, caplog):
+    datasets = [
+        {"name": "gone", "task": "zeroshot_classification", "root": str(tmp_path / "nowhere")},
+        {"name": "scenes", "task": "zeroshot_retrieval", "root": str(eval_sets / "scenes")},
+    ]
+    run_dir = tmp_path / "run-b"  # no meta.json: run id falls back to the folder name
+    with caplog.at_level(logging.ERROR, logger="evaluation.evaluate"):
+        records = evaluate(tiny_cfg(eval_sets, datasets), run_dir, checkpoint, step=3, final=False)
+
+    assert [r["dataset"] for r in records] == ["wds/scenes"]
+    assert records[0]["run_id"] == "run-b" and records[0]["config_hash"] == "unknown"
+    assert records[0]["final"] is False
+    assert "gone" in caplog.text and str(tmp_path / "nowhere") in caplog.text
+    assert not store.record_path(run_dir, 3, "wds/gone", "zeroshot_classification").exists()
+
+
+def test_unknown_task_fails_before_anything_runs(eval_sets, tmp_path):
+    datasets = [{"name": "shapes", "task": "linear_probe", "root": str(eval_sets / "shapes")}]
+    with pytest.raises(ValueError, match="linear_probe"):
+        evaluate(tiny_cfg(eval_sets, datasets), tmp_path / "run", tmp_path / "x.pt", step=1)
+
+
+def test_bad_stored_record_is_recomputed(eval_sets, checkpoint, tmp_path):
+    datasets = [{"name": "few", "task": "zeroshot_classification", "root": str(eval_sets / "few")}]
+    run_dir = tmp_path / "run-c"
+    path = store.record_path(run_dir, 1, "wds/few", "zeroshot_classification")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"dataset": "wds/few", "trunc')
+
+    records = evaluate(tiny_cfg(eval_sets, datasets), run_dir, checkpoint, step=1)
+
+    assert len(records) == 1 and store.read_record(path) == records[0]
+    assert math.isclose(records[0]["compute"], 0.02 * 128)
