@@ -1,0 +1,28 @@
+"""Analysis stage: scaling-law fits and figures from evaluation records and the paper's data.
+
+Reads only result records (``evaluation.store``) and ``analysis/reference/*.csv``.
+
+    from analysis import load, error_points, fit_all, analyze
+    df, problems = load("paper")                # or "store" (root=...), or "both"
+    report = analyze(df, "reports/paper")       # points.csv, fits.csv, tables, figures
+    print(report.summary())
+
+CLI: ``python -m analysis --source {store,paper,both} [--root runs] --out DIR [--tasks ...]``.
+"""
+
+from analysis.fit import error_points, fit_all, fit_one, paper_line
+from analysis.load import load, load_paper, load_store, records_to_frame
+from analysis.report import Report, analyze
+
+__all__ = [
+    "Report",
+    "analyze",
+    "error_points",
+    "fit_all",
+    "fit_one",
+    "load",
+    "load_paper",
+    "load_store",
+    "paper_line",
+    "records_to_frame",
+]

@@ -107,7 +107,9 @@ def error_points(
     if final.empty:
         return pd.DataFrame(columns=list(POINT_COLUMNS)), ["no final results to fit"]
     final = final.assign(
-        _target=[task_name(d, t) for d, t in zip(final["downstream_dataset"], final["task"])]
+        _target=[
+            task_name(d, t) for d, t in zip(final["downstream_dataset"], final["task"], strict=True)
+        ]
     )
     if tasks is not None:
         wanted = list(dict.fromkeys(tasks))
@@ -160,11 +162,15 @@ def _points_for(
         n_comp = int((fam["value"].notna() & ~(fam["compute"] > 0)).sum())
         if n_comp:
             problems.append(f"{where}: {n_comp} results lack gmacs/samples_seen; dropped")
-        n_zero = int(((fam["compute"] > 0) & (fam["error"] <= 0)).sum())
+        checkable = fam["value"].notna() & (fam["compute"] > 0)
+        n_range = int((checkable & ~fam["value"].between(0, 1)).sum())
+        if n_range:
+            problems.append(f"{where}: {n_range} results outside [0, 1] (percent?); dropped")
+        n_zero = int((checkable & (fam["value"] == 1)).sum())
         if n_zero:
-            problems.append(f"{where}: {n_zero} results have error <= 0 (no log); dropped")
-    keep = part["value"].notna() & (part["compute"] > 0) & (part["error"] > 0)
-    keep &= np.isfinite(part["compute"]) & np.isfinite(part["error"])
+            problems.append(f"{where}: {n_zero} results have error 0 (no log); dropped")
+    keep = part["value"].between(0, 1, inclusive="left") & (part["compute"] > 0)
+    keep &= np.isfinite(part["compute"])
     return part[keep], problems
 
 

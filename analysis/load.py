@@ -77,24 +77,16 @@ def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
 
 
 def _read_records(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    try:
-        from evaluation.store import read_records
-    except ImportError:  # TEMPORARY until evaluation/store.py lands
-        read_records = _fallback_read_records
+    from evaluation.store import read_records
+
     records, problems = read_records(root)
-    return [dict(r) for r in records], [str(p) for p in problems]
+    return list(records), [_problem_text(p) for p in problems]
 
 
-def _fallback_read_records(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    import json
-
-    records, problems = [], []
-    for path in sorted(Path(root).glob("*/eval/step_*/*__*.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as e:
-            problems.append(f"{path}: {e}")
-    return records, problems
+def _problem_text(problem: Any) -> str:
+    if isinstance(problem, tuple) and len(problem) == 2:
+        return f"{problem[0]}: {problem[1]}"
+    return str(problem)
 
 
 def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -113,7 +105,7 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "gmacs_total": compute,
             "gmacs": gmacs,
             "upstream_dataset": rec.get("data_label") or rec.get("data"),
-            "downstream_dataset": rec.get("dataset"),
+            "downstream_dataset": _dataset_name(rec.get("dataset")),
             "task": rec.get("task"),
             "samples_seen_pretty": rec.get("samples"),
             "name": rec.get("run_id"),
@@ -127,7 +119,8 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "created": rec.get("created"),
         }
         for key in METRIC_COLUMNS:
-            row[key] = metrics.get(key)
+            # clip_benchmark's linear probe says lp_acc1 where zero-shot says acc1
+            row[key] = metrics.get(key, metrics.get(f"lp_{key}"))
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -138,16 +131,31 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return _conform(df)
 
 
+def _dataset_name(dataset: Any) -> Any:
+    # clip_benchmark calls webdataset sets "wds/<name>"; the reference CSV uses bare names.
+    return dataset.removeprefix("wds/") if isinstance(dataset, str) else dataset
+
+
 def load_store(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """Every record under ``root`` (final and intermediate), plus the reader's problems."""
     root = Path(root)
     if not root.is_dir():
         return _conform(pd.DataFrame()), [f"store: {root} is not a directory"]
     records, problems = _read_records(root)
+    problems = [f"store: {p}" for p in problems]
     if not records:
-        problems.append(f"store: no evaluation records under {root} (expected "
-                        "<root>/<run_id>/eval/step_XXXXXXXX/<dataset>__<task>.json)")
-    return records_to_frame(records), [p if p.startswith("store:") else f"store: {p}" for p in problems]
+        problems.append(
+            f"store: no evaluation records under {root} "
+            "(expected <root>/<run_id>/eval/step_XXXXXXXX/<dataset>__<task>.json)"
+        )
+    df = records_to_frame(records)
+    unfinished = sorted(set(df["run_id"].dropna()) - set(df.loc[df["final"], "run_id"]))
+    if unfinished:
+        problems.append(
+            f"store: {len(unfinished)} run(s) have no final-checkpoint record yet, only "
+            f"intermediate steps, and are left out of the fits: {', '.join(unfinished)}"
+        )
+    return df, problems
 
 
 def _conform(df: pd.DataFrame) -> pd.DataFrame:
@@ -163,6 +171,8 @@ def _conform(df: pd.DataFrame) -> pd.DataFrame:
 
 def load(source: str, root: str | Path = "runs") -> tuple[pd.DataFrame, list[str]]:
     """Rows of ``source`` (``paper``, ``store`` or ``both``) and the problems met reading them."""
+    if source not in ("paper", "store", "both"):
+        raise ValueError(f"unknown source {source!r}: expected paper, store or both")
     frames, problems = [], []
     if source in ("paper", "both"):
         frames.append(load_paper())
@@ -170,8 +180,6 @@ def load(source: str, root: str | Path = "runs") -> tuple[pd.DataFrame, list[str
         df, probs = load_store(root)
         frames.append(df)
         problems += probs
-    if source not in ("paper", "store", "both"):
-        raise ValueError(f"unknown source {source!r}: expected paper, store or both")
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else _conform(pd.DataFrame())
     return df, problems

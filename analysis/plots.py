@@ -1,0 +1,207 @@
+"""Figures: the paper's Figure 1 (error vs compute) and the data/samples bottleneck view.
+
+Every figure is written as PNG and SVG, atomically (rendered in memory, then renamed into
+place), so a reader of ``--out`` never sees a half-written image.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from analysis.load import size_of  # noqa: E402
+from training.io import atomic_write_bytes  # noqa: E402
+
+FORMATS = ("png", "svg")
+TASK_TITLES = {
+    "imagenet1k": "ImageNet",
+    "mscoco_captions": "MS-COCO",
+    "flickr30k": "Flickr30K",
+    "vtab+": "VTAB+",
+    "vtab": "VTAB",
+    "imagenet_robustness": "ImageNet robustness",
+}
+METRIC_TITLES = {
+    "acc1": "error (1 - top-1 accuracy)",
+    "image_retrieval_recall@5": "image retrieval: 1 - recall@5",
+    "text_retrieval_recall@5": "text retrieval: 1 - recall@5",
+    "mean_average_precision": "1 - mean average precision",
+}
+FAMILY_STYLE = {"openclip": ("tab:orange", "-"), "openai": ("tab:blue", "--")}
+_OTHER_STYLES = [("black", "-"), ("tab:red", "-."), ("tab:purple", ":"), ("tab:brown", "-")]
+
+
+def slug(text: str) -> str:
+    """File-name-safe form of a task or metric name (``vtab/dtd`` -> ``vtab_dtd``)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_")
+
+
+def _save(fig: plt.Figure, out: Path, stem: str) -> list[Path]:
+    paths = []
+    for fmt in FORMATS:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
+        paths.append(atomic_write_bytes(out / f"{stem}.{fmt}", buf.getvalue()))
+    plt.close(fig)
+    return paths
+
+
+def _orders(points: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Data labels by size (then name), models by GMACs: the paper's legend order."""
+    data = sorted(points["data_label"].dropna().unique(), key=lambda d: (size_of(d), d))
+    gmacs = points.groupby("model_label")["gmacs"].max()
+    models = sorted(gmacs.index, key=lambda m: (np.nan_to_num(gmacs[m], nan=np.inf), m))
+    return [str(d) for d in data], [str(m) for m in models]
+
+
+def _family_style(family: str, others: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    if family in FAMILY_STYLE:
+        return FAMILY_STYLE[family]
+    return others.setdefault(family, _OTHER_STYLES[len(others) % len(_OTHER_STYLES)])
+
+
+def _log_axes(ax: plt.Axes) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    # Errors often span less than a decade: then label 0.2, 0.3, 0.4 ... not only powers of 10.
+    ratio = high / low if low > 0 else np.inf
+    subs: tuple[float, ...] = (1.0, 2.0, 5.0)
+    if ratio < 3:
+        subs = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 9.0)
+    elif ratio < 10:
+        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def human(v: float, _pos: object = None) -> str:
+    """3.4e10 -> 34B, 6144 -> 6.1k: how the paper names sample counts."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.2g}{unit}"
+    return f"{v:g}"
+
+
+def equation(A: float, alpha: float) -> str:
+    """``E = A·C^alpha`` in mathtext."""
+    return rf"$E = {A:.3g} \cdot C^{{{alpha:.3f}}}$"
+
+
+def scaling_figure(
+    points: pd.DataFrame, fits: pd.DataFrame, task: str, out: Path, method: str = "paper"
+) -> list[Path]:
+    """Error vs compute for ``task``: one panel per metric, one fit line per family."""
+    pts = points[points["task"] == task]
+    metrics = list(dict.fromkeys(pts["metric"]))
+    data_order, model_order = _orders(pts)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.4), squeeze=False)
+    handles: list = []
+    labels: list[str] = []
+    others: dict[str, tuple[str, str]] = {}
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        sub = pts[pts["metric"] == metric].rename(
+            columns={"data_label": "Data", "model_label": "Model"}
+        )
+        sns.scatterplot(
+            data=sub, x="compute", y="error", hue="Data", hue_order=data_order,
+            style="Model", style_order=model_order, s=70, ax=ax, legend="full",
+        )  # fmt: skip
+        if not handles:
+            handles, labels = ax.get_legend_handles_labels()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        lines = _fit_lines(ax, fits, task, metric, method, others)
+        if lines:
+            ax.legend(handles=lines, loc="lower left", fontsize="small", framealpha=0.8)
+        _log_axes(ax)
+        ax.set_xlabel("compute (GMACs = GMACs per pair x samples seen)")
+        ax.set_ylabel(METRIC_TITLES.get(metric, f"1 - {metric}"))
+        ax.set_title(f"{TASK_TITLES.get(task, task)}: {metric}")
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    fig.tight_layout()
+    return _save(fig, out, f"scaling_{slug(task)}")
+
+
+def _fit_lines(
+    ax: plt.Axes, fits: pd.DataFrame, task: str, metric: str, method: str, others: dict
+) -> list:
+    rows = fits[(fits["task"] == task) & (fits["metric"] == metric) & (fits["method"] == method)]
+    lines = []
+    for row in rows.itertuples():
+        if not np.isfinite(row.alpha):
+            continue
+        # Each line spans its own family's compute range, a little beyond each end.
+        c = np.logspace(np.log10(row.compute_min) - 0.1, np.log10(row.compute_max) + 0.1, 50)
+        colour, dash = _family_style(str(row.family), others)
+        (line,) = ax.plot(
+            c, row.A * c**row.alpha, color=colour, linestyle=dash, linewidth=1.6,
+            label=f"{row.family} ({row.fit_kind}): {equation(row.A, row.alpha)}",
+        )  # fmt: skip
+        lines.append(line)
+    return lines
+
+
+def bottleneck_figure(points: pd.DataFrame, task: str, out: Path) -> list[Path]:
+    """Error vs samples seen: a row per metric, a column per model, a line per data size.
+
+    Where a line flattens, more samples no longer help: data (or model) size is the bottleneck.
+    Repeated runs of one (model, data, samples) point show their best (lowest) error.
+    """
+    sub = points[points["task"] == task]
+    data_order, model_order = _orders(sub)
+    metrics = list(dict.fromkeys(sub["metric"]))
+    sub = sub.rename(columns={"data_label": "Data", "model_label": "Model"})
+    grid = sns.relplot(
+        data=sub, x="samples_seen", y="error", hue="Data", hue_order=data_order,
+        col="Model", col_order=model_order, row="metric", row_order=metrics,
+        kind="line", marker="o", estimator="min", errorbar=None,
+        height=3.0, aspect=1.0, facet_kws={"sharey": "row", "sharex": True, "margin_titles": True},
+    )  # fmt: skip
+    for (metric, model), ax in grid.axes_dict.items():
+        _log_axes(ax)
+        ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(human))
+        ax.set_xlabel("samples seen")
+        ax.set_ylabel(METRIC_TITLES.get(metric, f"1 - {metric}") if model == model_order[0] else "")
+    grid.set_titles(col_template="{col_name}", row_template="")
+    grid.figure.suptitle(f"{TASK_TITLES.get(task, task)}: error vs samples seen", y=1.02)
+    return _save(grid.figure, out, f"bottleneck_{slug(task)}")
+
+
+def all_figures(
+    points: pd.DataFrame, fits: pd.DataFrame, out: Path, tasks: Sequence[str] | None = None
+) -> tuple[list[Path], list[str]]:
+    """Every figure for every task in ``points``; a figure that fails is reported, not raised."""
+    paths: list[Path] = []
+    problems: list[str] = []
+    tasks = list(dict.fromkeys(points["task"])) if tasks is None else list(tasks)
+    for task in tasks:
+        if not (points["task"] == task).any():
+            continue
+        jobs = [
+            ("scaling", lambda t=task: scaling_figure(points, fits, t, out)),
+            ("bottleneck", lambda t=task: bottleneck_figure(points, t, out)),
+        ]
+        for what, job in jobs:
+            try:
+                paths += job()
+            except Exception as e:  # one bad figure must not cost the others
+                plt.close("all")
+                problems.append(f"task {task}: {what} figure failed: {type(e).__name__}: {e}")
+    return paths, problems
