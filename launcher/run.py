@@ -30,8 +30,9 @@ def run_point(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, 
     rundir.log_event(path, "start", previous_state=point.state)
     tic = time.time()
     try:
-        from evaluation import evaluate
-        from training import synthetic, train
+        from evaluation.evaluate import evaluate
+        from training import synthetic
+        from training.train import train
 
         synthetic.ensure_datasets(cfg)
         result = train(cfg, path)

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+def _atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the rest of a shared group
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
