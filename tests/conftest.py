@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# As launch.py does, before torch starts OpenMP: spinning threads stall tiny CPU models.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from collections.abc import Callable
 from pathlib import Path
 
