@@ -164,6 +164,6 @@ def table(points: list[Point]) -> str:
              f"{sum(p.compute_gmacs for p in points):.3g}", f"{sum(p.gpu_hours for p in points):,.1f}",
              " ".join(f"{n} {s}" for s, n in states.items() if n))
     widths = [max(len(r[i]) for r in [COLUMNS, *body, total]) for i in range(len(COLUMNS))]
-    line = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
     sep = "-" * len(line(COLUMNS))
     return "\n".join([line(COLUMNS), sep, *map(line, body), sep, line(total)])

@@ -62,7 +62,7 @@ def status_table(points: list[Point]) -> str:
                      _checkpoint_age(p.run_dir), (err or "")[:80]))
     counts = {s: sum(p.state == s for p in points) for s in rundir.STATES}
     widths = [max(len(r[i]) for r in [cols, *body]) for i in range(len(cols))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
     total = f"{len(points)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     return "\n".join([line(cols), "-" * len(line(cols)), *map(line, body), total])
 

@@ -62,7 +62,7 @@ def _value(v: Any) -> str:
 def _block_points(block: dict[str, Any]) -> list[list[str]]:
     keys = list(block)
     values = [v if isinstance(v, list) else [v] for v in block.values()]
-    return [[f"{k}={_value(v)}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
+    return [[f"{k}={_value(v)}" for k, v in zip(keys, combo, strict=True)] for combo in itertools.product(*values)]
 
 
 def load_sweep(name: str) -> list[list[str]]:
@@ -174,7 +174,7 @@ def report_returns(points: list[Point], returns: Sequence[Any]) -> None:
     from hydra.core.utils import JobStatus
 
     failed = []
-    for point, ret in zip(points, returns):
+    for point, ret in zip(points, returns, strict=True):
         if getattr(ret, "status", None) == JobStatus.FAILED:
             failed.append(f"{point.run_id}: {type(ret._return_value).__name__}: {ret._return_value}")
     print(f"{len(points) - len(failed)} point(s) finished, {len(failed)} failed", flush=True)

@@ -43,10 +43,10 @@ def test_paper_models_carry_reference_values(make_cfg, model, arch, gmacs, batch
 
 
 def test_tiny_model_gmacs_match_a_flop_count(make_cfg):
+    import open_clip
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    import open_clip
     from training.models import register_model_configs
 
     register_model_configs()

@@ -9,7 +9,7 @@ whichever launcher Hydra is configured with (local by default, submitit for SLUR
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -37,8 +37,8 @@ ConfigStore.instance().store(group="hydra/sweeper", name="clipscale", node=Clips
 
 class ClipscaleSweeper(Sweeper):
     def __init__(self) -> None:
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -48,7 +48,7 @@ class ClipscaleSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None
         loader = self.hydra_context.config_loader
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
