@@ -7,7 +7,13 @@ Reads only result records (``evaluation.store``) and ``analysis/reference/*.csv`
     report = analyze(df, "reports/paper")       # points.csv, fits.csv, tables, figures
     print(report.summary())
 
-CLI: ``python -m analysis --source {store,paper,both} [--root runs] --out DIR [--tasks ...]``.
+CLI: ``python -m analysis --source {store,paper,both} [--root runs] --out DIR [--tasks ...]
+[--predict GMACS SAMPLES] [--no-saturating]`` writes ``DIR/report.html`` (self-contained),
+the figures as PNG and SVG, and the CSVs listed in ``analysis.report``;
+``python -m analysis predict --gmacs 532 --samples 68e9 --task imagenet1k`` prints a
+prediction with its 95 % prediction interval (see ``analysis.__main__``).
+Prediction intervals, the held-out check, the family interaction test and the saturating law
+live in ``analysis.extend``.
 """
 
 from analysis.fit import error_points, fit_all, fit_one, paper_line

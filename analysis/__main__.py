@@ -3,6 +3,20 @@
     python -m analysis --source paper --out reports/paper
     python -m analysis --source store --root runs --out reports/demo
     python -m analysis --source both --root runs --out reports/both --tasks imagenet1k
+    python -m analysis --source paper --out reports/paper --predict 532 68e9
+
+``--predict GMACS SAMPLES`` (repeatable) adds ``predictions.csv`` and a report section: each
+fitted target's error at that compute with its 95 % prediction interval. ``--no-saturating``
+leaves out the saturating law E = A C^alpha + E_inf (``saturating.csv``, method
+``saturating`` in ``fits.csv``).
+
+Prediction alone, printed, nothing written:
+
+    python -m analysis predict --gmacs 532 --samples 68e9 --task imagenet1k
+    python -m analysis predict --source store --root runs --gmacs 0.0121 --samples 1e6
+
+(ViT-G/14 is 532 GMACs per pair, not in the paper's data: GMACs are given directly.)
+``--method ols`` (default) fits every run; ``--method paper`` fits the paper's lower envelope.
 
 Exit status 0 when something was written (problems are still printed), 1 when nothing could be.
 """
@@ -13,7 +27,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from analysis.fit import task_name
+import pandas as pd
+
+from analysis.extend import predict
+from analysis.fit import error_points, task_name
 from analysis.load import PAPER_DEFAULT_TASKS, load
 from analysis.report import analyze
 
@@ -53,19 +70,76 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="bootstrap resamples per fit for boot_alpha_low/high (0: skip)",
     )
     p.add_argument("--no-plots", action="store_true", help="write tables and fits only")
+    p.add_argument(
+        "--no-saturating", action="store_true", help="leave out the saturating law E_inf fits"
+    )
+    p.add_argument(
+        "--predict",
+        nargs=2,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("GMACS", "SAMPLES"),
+        help="predict every target at GMACs per pair x samples seen (repeatable)",
+    )
     return p.parse_args(argv)
 
 
+def parse_predict_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis predict",
+        description="error at a model's GMACs and samples seen, with 95%% prediction interval",
+    )
+    p.add_argument("--source", choices=("store", "paper", "both"), default="paper")
+    p.add_argument("--root", default="runs", help="result store root (default: runs)")
+    p.add_argument("--gmacs", type=float, required=True, help="forward GMACs per pair")
+    p.add_argument("--samples", type=float, required=True, help="samples seen, e.g. 68e9")
+    p.add_argument("--task", nargs="+", default=None, help="targets (default: all loaded)")
+    p.add_argument("--family", nargs="+", default=None, help="families (default: all)")
+    p.add_argument("--method", choices=("ols", "paper"), default="ols")
+    return p.parse_args(argv)
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    args = parse_predict_args(argv)
+    if not (args.gmacs > 0 and args.samples > 0):
+        print("error: --gmacs and --samples must be positive", file=sys.stderr)
+        return 1
+    df, problems = load(args.source, args.root)
+    tasks = args.task or default_tasks(args.source, df)
+    points, probs = error_points(df, tasks)
+    for p in problems + probs:
+        print(f"problem: {p}")
+    preds = predict(points, args.gmacs, args.samples, tasks, args.family, args.method)
+    if preds.empty:
+        print("nothing to predict from: no fitted points for that selection")
+        return 1
+    shown = preds[["task", "metric", "family", "n_fit", "error", "error_pi_low",
+                   "error_pi_high", "value", "note"]]  # fmt: skip
+    compute = args.gmacs * args.samples
+    print(f"predicted error (1 - metric) at {args.gmacs:g} GMACs x {args.samples:.3g} samples "
+          f"= {compute:.3g} GMACs ({args.method} fit, 95% prediction interval):")  # fmt: skip
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["predict"]:
+        return predict_main(argv[1:])
     args = parse_args(argv)
     df, problems = load(args.source, args.root)
     tasks = args.tasks or default_tasks(args.source, df)
     try:
-        report = analyze(df, args.out, tasks, n_boot=args.bootstrap, plots=not args.no_plots)
+        report = analyze(
+            df, args.out, tasks, n_boot=args.bootstrap, plots=not args.no_plots,
+            saturating=not args.no_saturating, predict_at=[tuple(p) for p in args.predict],
+            title=f"clipscale scaling laws: {args.source} results", problems=problems,
+        )  # fmt: skip
     except OSError as e:  # an unwritable --out, a full disk
         print(f"error: cannot write to {args.out}: {e}", file=sys.stderr)
         return 1
-    report.problems[:0] = problems
     print(report.summary())
     return 0 if report.written else 1
 

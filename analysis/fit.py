@@ -75,6 +75,7 @@ FIT_COLUMNS = (
     "r2",
     "compute_min",
     "compute_max",
+    "E_inf",
     "note",
 )
 
@@ -94,18 +95,20 @@ def metrics_for(eval_task: str, rows: pd.DataFrame) -> list[str]:
 
 
 def error_points(
-    df: pd.DataFrame, tasks: Sequence[str] | None = None
+    df: pd.DataFrame, tasks: Sequence[str] | None = None, final_only: bool = True
 ) -> tuple[pd.DataFrame, list[str]]:
     """Long frame of (family, task, metric, compute, error) over the final rows of ``df``.
 
     ``tasks`` selects downstream datasets (or ``linear_probe/<dataset>`` targets); ``None``
     keeps all. Rows whose metric or compute is missing, or whose error is not positive, are
-    dropped with a message naming family, task and metric.
+    dropped with a message naming family, task and metric. ``final_only=False`` keeps the
+    intermediate evaluations too (with a ``step`` column), for learning curves.
     """
     problems: list[str] = []
-    final = df[df["final"]]
+    final = df[df["final"]] if final_only else df
     if final.empty:
-        return pd.DataFrame(columns=list(POINT_COLUMNS)), ["no final results to fit"]
+        what = "no final results to fit" if final_only else "no results"
+        return pd.DataFrame(columns=list(POINT_COLUMNS)), [what]
     final = final.assign(
         _target=[
             task_name(d, t) for d, t in zip(final["downstream_dataset"], final["task"], strict=True)
@@ -127,7 +130,8 @@ def error_points(
     if not parts:
         return pd.DataFrame(columns=list(POINT_COLUMNS)), problems
     points = pd.concat(parts, ignore_index=True)
-    return points[list(POINT_COLUMNS)], problems
+    columns = list(POINT_COLUMNS) if final_only else [*POINT_COLUMNS, "step", "final"]
+    return points[columns], problems
 
 
 def _points_for(
@@ -151,6 +155,8 @@ def _points_for(
             "data_label": rows["data_label"],
             "run_id": rows["run_id"],
             "source": rows["source"],
+            "step": rows["step"],
+            "final": rows["final"],
         }
     )
     problems = []

@@ -10,6 +10,7 @@ import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -39,8 +40,16 @@ METRIC_TITLES = {
     "text_retrieval_recall@5": "text retrieval: 1 - recall@5",
     "mean_average_precision": "1 - mean average precision",
 }
-FAMILY_STYLE = {"openclip": ("tab:orange", "-"), "openai": ("tab:blue", "--")}
-_OTHER_STYLES = [("black", "-"), ("tab:red", "-."), ("tab:purple", ":"), ("tab:brown", "-")]
+# Fitted lines are black/grey with their own dashes, so they never share a colour with the
+# data-size hues of the points.
+LineStyle = tuple[str, Any]  # (colour, matplotlib linestyle: a name or a dash tuple)
+FAMILY_STYLE: dict[str, LineStyle] = {"openclip": ("black", "-"), "openai": ("dimgray", "--")}
+_OTHER_STYLES: list[LineStyle] = [
+    ("black", "-."),
+    ("gray", ":"),
+    ("dimgray", (0, (5, 1, 1, 1))),
+    ("black", (0, (1, 1))),
+]
 
 
 def slug(text: str) -> str:
@@ -66,7 +75,7 @@ def _orders(points: pd.DataFrame) -> tuple[list[str], list[str]]:
     return [str(d) for d in data], [str(m) for m in models]
 
 
-def _family_style(family: str, others: dict[str, tuple[str, str]]) -> tuple[str, str]:
+def _family_style(family: str, others: dict[str, LineStyle]) -> LineStyle:
     if family in FAMILY_STYLE:
         return FAMILY_STYLE[family]
     return others.setdefault(family, _OTHER_STYLES[len(others) % len(_OTHER_STYLES)])
@@ -113,7 +122,7 @@ def scaling_figure(
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.4), squeeze=False)
     handles: list = []
     labels: list[str] = []
-    others: dict[str, tuple[str, str]] = {}
+    others: dict[str, LineStyle] = {}
     for ax, metric in zip(axes[0], metrics, strict=True):
         sub = pts[pts["metric"] == metric].rename(
             columns={"data_label": "Data", "model_label": "Model"}
@@ -184,8 +193,53 @@ def bottleneck_figure(points: pd.DataFrame, task: str, out: Path) -> list[Path]:
     return _save(grid.figure, out, f"bottleneck_{slug(task)}")
 
 
+NO_CURVES = "no intermediate evaluations (records with final: false) for this task"
+
+
+def learning_figure(curves: pd.DataFrame, task: str, out: Path) -> list[Path]:
+    """Error vs samples seen over each run's evaluated checkpoints: a panel per metric, a line
+    per run (colour: data size, as in the other figures; dashes: model). Without intermediate
+    evaluations the figure says so.
+    """
+    sub = curves[curves["task"] == task] if not curves.empty else curves
+    metrics = list(dict.fromkeys(sub["metric"])) if not sub.empty else [""]
+    size = (5.2 * len(metrics), 4.0) if not sub.empty else (6.0, 1.0)
+    fig, axes = plt.subplots(1, len(metrics), figsize=size, squeeze=False)
+    title = f"{TASK_TITLES.get(task, task)}: learning curves"
+    if sub.empty:
+        ax = axes[0, 0]
+        ax.text(0.5, 0.5, NO_CURVES, ha="center", va="center", wrap=True, transform=ax.transAxes)
+        ax.set_axis_off()
+        ax.set_title(title)
+        return _save(fig, out, f"learning_{slug(task)}")
+    data_order, model_order = _orders(sub)
+    sub = sub.rename(columns={"data_label": "Data", "model_label": "Model"})
+    for i, (ax, metric) in enumerate(zip(axes[0], metrics, strict=True)):
+        sns.lineplot(
+            data=sub[sub["metric"] == metric], x="samples_seen", y="error", hue="Data",
+            hue_order=data_order, style="Model", style_order=model_order, units="run_id",
+            estimator=None, marker="o", ax=ax, legend="full" if i == len(metrics) - 1 else False,
+        )  # fmt: skip
+        _log_axes(ax)
+        ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(human))
+        ax.set_xlabel("samples seen")
+        ax.set_ylabel(METRIC_TITLES.get(metric, f"1 - {metric}"))
+        ax.set_title(f"{title} ({metric})" if len(metrics) > 1 else title, fontsize="medium")
+    legend = axes[0, -1].get_legend()
+    if legend is not None:
+        sns.move_legend(axes[0, -1], "center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    fig.tight_layout()
+    return _save(fig, out, f"learning_{slug(task)}")
+
+
 def all_figures(
-    points: pd.DataFrame, fits: pd.DataFrame, out: Path, tasks: Sequence[str] | None = None
+    points: pd.DataFrame,
+    fits: pd.DataFrame,
+    out: Path,
+    tasks: Sequence[str] | None = None,
+    curves: pd.DataFrame | None = None,
+    only: Sequence[str] = ("scaling", "bottleneck", "learning"),
 ) -> tuple[list[Path], list[str]]:
     """Every figure for every task in ``points``; a figure that fails is reported, not raised."""
     paths: list[Path] = []
@@ -198,6 +252,9 @@ def all_figures(
             ("scaling", lambda t=task: scaling_figure(points, fits, t, out)),
             ("bottleneck", lambda t=task: bottleneck_figure(points, t, out)),
         ]
+        if curves is not None:
+            jobs.append(("learning", lambda t=task: learning_figure(curves, t, out)))
+        jobs = [(what, job) for what, job in jobs if what in only]
         for what, job in jobs:
             try:
                 paths += job()

@@ -8,6 +8,13 @@ Outputs in ``out`` (all written atomically):
 ``table_<task>.md``   the same in percent, like the paper's tables
 ``scaling_<task>.{png,svg}``     error vs compute with the fitted laws (the paper's Figure 1)
 ``bottleneck_<task>.{png,svg}``  error vs samples seen per model, a line per data size
+``learning_<task>.{png,svg}``    error vs samples seen over each run's evaluated checkpoints
+``family_tests.csv``  do two families' exponents differ? (interaction p-values)
+``saturating.csv``    E = A C^alpha + E_inf against the power law (AIC, BIC, F-test); the laws
+                      are also in ``fits.csv`` as method ``saturating``
+``holdout.csv``       fit on all but the largest model, predict it: one row per held-out run
+``predictions.csv``   E at the requested (GMACs, samples seen), with 95 % prediction intervals
+``report.html``       all of the above in one self-contained page (figures embedded)
 ``summary.txt``       what is printed: exponents with intervals, problems, paths
 """
 
@@ -20,7 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.fit import error_points, fit_all
+from analysis import extend
+from analysis.fit import FIT_COLUMNS, error_points, fit_all
+from analysis.html import render
 from analysis.load import size_of
 from analysis.plots import all_figures, slug
 from training.io import atomic_write_text
@@ -36,10 +45,32 @@ class Report:
     fits: pd.DataFrame
     written: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    extras: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = ["scaling-law exponents (E = A * C^alpha; C in GMACs, E = 1 - metric):"]
         lines += [_fit_line(r) for r in self.fits.itertuples()] or ["  (no fits)"]
+        tests = self.extras.get("family_tests")
+        if tests is not None and not tests.empty:
+            lines.append("do the families' exponents differ? (OLS log_e ~ log_c * family)")
+            lines += [
+                f"  {r.task:<20} {r.metric:<25} {r.method:<5} {r.family_a} {r.alpha_a:+.3f} vs "
+                f"{r.family_b} {r.alpha_b:+.3f}: diff {r.alpha_diff:+.3f} "
+                f"[{r.diff_low:+.3f}, {r.diff_high:+.3f}], p={r.p_value:.3g}"
+                for r in tests.itertuples()
+            ]
+        held = self.extras.get("holdout_summary")
+        if held is not None and not held.empty:
+            lines.append("held-out check (fit on the smaller models, predict the larger):")
+            lines += [
+                f"  {r.task:<20} {r.metric:<25} {r.family:<10} {r.method:<5} {r.heldout}: "
+                f"mean |rel. error| {100 * r.mean_abs_rel_error:.1f}% over {r.n_heldout} run(s)"
+                for r in held.itertuples()
+            ]
+        preds = self.extras.get("predictions")
+        if preds is not None and not preds.empty:
+            lines.append("predictions (95% prediction interval of the error):")
+            lines += [_pred_line(r) for r in preds.itertuples()]
         if self.problems:
             lines.append("problems:")
             lines += [f"  - {p}" for p in self.problems]
@@ -52,10 +83,22 @@ def _fmt(v: float, spec: str = ".3f") -> str:
     return "nan" if v is None or not math.isfinite(v) else format(v, spec)
 
 
+def _pred_line(r) -> str:
+    head = f"  {r.task:<20} {r.metric:<25} {r.family:<10} {r.method:<5}"
+    at = f"{r.gmacs:g} GMACs x {r.samples_seen:.3g} samples"
+    if not math.isfinite(r.error):
+        return f"{head} at {at}: no prediction ({r.note})"
+    pi = f"[{_fmt(r.error_pi_low)}, {_fmt(r.error_pi_high)}]"
+    note = f" ({r.note})" if r.note else ""
+    return f"{head} at {at}: error {r.error:.3f} PI {pi}, metric {r.value:.3f}{note}"
+
+
 def _fit_line(r) -> str:
     head = f"  {r.task:<20} {r.metric:<25} {r.family:<10} {r.method:<5}"
     if not math.isfinite(r.alpha):
         return f"{head} no fit: {r.note}"
+    if r.method == "saturating":
+        return f"{head} alpha={r.alpha:+.3f} A={r.A:.3g} E_inf={r.E_inf:.3g} ({r.n_points} pts)"
     ci = f"[{_fmt(r.alpha_low)}, {_fmt(r.alpha_high)}]"
     boot = f"[{_fmt(r.boot_alpha_low)}, {_fmt(r.boot_alpha_high)}]"
     kind = f"{r.n_fit} bins of {r.n_points}" if r.fit_kind == "binned" else f"{r.n_points} pts"
@@ -122,49 +165,173 @@ def markdown(table: pd.DataFrame, metrics: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def learning_points(df: pd.DataFrame, tasks: Sequence[str] | None) -> pd.DataFrame:
+    """Every evaluation (intermediate and final) of the runs that have intermediate ones."""
+    curves, _ = error_points(df, tasks, final_only=False)
+    if curves.empty:
+        return curves
+    curves = curves[curves["run_id"].isin(curves.loc[~curves["final"].astype(bool), "run_id"])]
+    return curves.sort_values(["run_id", "samples_seen"]).reset_index(drop=True)
+
+
+def _further(
+    points: pd.DataFrame, predict_at: Sequence[tuple[float, float]]
+) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Family tests, saturating laws, held-out check and predictions; a failure is reported."""
+    extras: dict[str, pd.DataFrame] = {}
+    problems: list[str] = []
+    jobs = {
+        "family_tests": lambda: extend.family_tests(points),
+        "comparison": lambda: extend.saturating_all(points),
+        "holdout": lambda: extend.holdout(points),
+        "predictions": lambda: pd.concat(
+            [extend.predict(points, g, n) for g, n in predict_at] or [pd.DataFrame()],
+            ignore_index=True,
+        ),
+    }
+    for name, job in jobs.items():
+        try:
+            extras[name] = job()
+        except Exception as e:  # one failed extra must not cost the fits and figures
+            problems.append(f"{name} failed: {type(e).__name__}: {e}")
+            extras[name] = pd.DataFrame()
+    extras["holdout_summary"] = extend.holdout_summary(extras["holdout"])
+    return extras, problems
+
+
+def _percent_table(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    shown = table.copy()
+    for m in metrics:
+        if m in shown.columns:
+            shown[m] = (100 * shown[m]).round(1)
+    names = {"model_label": "model", "data_label": "data", "samples_seen_pretty": "samples",
+             "compute": "compute (GMACs)"}  # fmt: skip
+    return shown.rename(columns={**names, **{m: f"{m} (%)" for m in metrics}})
+
+
 def analyze(
     df: pd.DataFrame,
     out: str | Path,
     tasks: Sequence[str] | None = None,
     n_boot: int = 1000,
     plots: bool = True,
+    saturating: bool = True,
+    predict_at: Sequence[tuple[float, float]] = (),
+    title: str = "clipscale: scaling laws",
+    problems: Sequence[str] = (),
 ) -> Report:
     """Fit and plot the final rows of ``df`` into ``out``; never raises on bad data.
 
-    ``tasks`` selects targets (``None``: every one in ``df``). Problems (missing metrics,
-    single points, empty tasks) are collected in ``Report.problems``; whatever can still be
-    made is written.
+    ``tasks`` selects targets (``None``: every one in ``df``). ``saturating`` adds the
+    saturating law to ``fits.csv``; ``predict_at`` lists (GMACs per pair, samples seen) to
+    predict every fitted target at. Problems (missing metrics, single points, empty tasks)
+    are collected in ``Report.problems`` after the given ``problems`` (those met loading
+    ``df``); whatever can still be made is written.
     """
     out = Path(out)
-    points, problems = error_points(df, tasks)
+    points, point_problems = error_points(df, tasks)
+    problems = [*problems, *point_problems]
     order = list(tasks) if tasks is not None else list(dict.fromkeys(points["task"]))
     if points.empty:
         problems.append(
             "no usable points (final results with a metric and compute): nothing to fit"
         )
+        if plots:
+            return _learning_only(df, out, tasks, title, problems)
         return Report(points, pd.DataFrame(), [], problems)
     points = order_rows(points, order, ["compute"]).reset_index(drop=True)
     fits, fit_problems = fit_all(points, n_boot=n_boot)
-    fits = order_rows(fits, order, ["method"]).reset_index(drop=True)
     problems += fit_problems
+    extras, extra_problems = _further(points, predict_at)
+    problems += extra_problems
+    if saturating and not extras["comparison"].empty:
+        fitted = extras["comparison"][extras["comparison"]["alpha"].notna()]
+        sat = extend.saturating_fit_rows(fitted, FIT_COLUMNS)
+        fits = pd.concat([fits, sat], ignore_index=True)
+    fits = order_rows(fits, order, ["method"]).reset_index(drop=True)
     written = [
         atomic_write_text(out / "points.csv", points.to_csv(index=False)),
         atomic_write_text(out / "fits.csv", fits.to_csv(index=False)),
     ]
+    files = {"family_tests": "family_tests.csv", "holdout": "holdout.csv",
+             "comparison": "saturating.csv", "predictions": "predictions.csv"}  # fmt: skip
+    for key, name in files.items():
+        if key == "predictions" and not predict_at:
+            continue
+        if key == "comparison" and not saturating:
+            continue
+        written.append(atomic_write_text(out / name, extras[key].to_csv(index=False)))
     present = list(dict.fromkeys(points["task"]))
+    shown_tables = {}
     for task in present:
         table = task_table(points, task)
         metrics = list(dict.fromkeys(points.loc[points["task"] == task, "metric"]))
+        shown_tables[task] = _percent_table(table, metrics)
         written.append(
             atomic_write_text(out / f"table_{slug(task)}.csv", table.to_csv(index=False))
         )
         written.append(atomic_write_text(out / f"table_{slug(task)}.md", markdown(table, metrics)))
+    figures: list[Path] = []
     if plots:
-        paths, plot_problems = all_figures(points, fits, out, present)
-        written += paths
+        try:
+            curves = learning_points(df, present)
+        except Exception as e:  # learning curves are a view; the fits must still be written
+            problems.append(f"learning curves failed: {type(e).__name__}: {e}")
+            curves = pd.DataFrame()
+        if curves.empty:
+            problems.append(
+                "no intermediate evaluations (records with final: false): learning curves empty"
+            )
+        figures, plot_problems = all_figures(points, fits, out, present, curves)
+        written += figures
         problems += plot_problems
-    report = Report(points, fits, written, problems)
+    if not saturating:
+        extras.pop("comparison", None)
+    report = Report(points, fits, written, problems, extras)
+    _page(report, out, title, shown_tables, figures)
+    return _finish(report, out)
+
+
+def _page(
+    report: Report,
+    out: Path,
+    title: str,
+    tables: dict,
+    figures: list[Path],
+    tasks: Sequence[str] | None = None,
+) -> None:
+    try:
+        page = render(
+            out, title, report.fits, tables, report.problems, report.extras, figures, tasks
+        )
+    except Exception as e:  # the CSVs and figures stand without the page
+        report.problems.append(f"report.html failed: {type(e).__name__}: {e}")
+        return
+    report.written.append(atomic_write_text(out / "report.html", page))
+
+
+def _finish(report: Report, out: Path) -> Report:
     summary_path = out / "summary.txt"
     report.written.append(summary_path)
     atomic_write_text(summary_path, report.summary() + "\n")
     return report
+
+
+def _learning_only(
+    df: pd.DataFrame, out: Path, tasks: Sequence[str] | None, title: str, problems: list[str]
+) -> Report:
+    """No final results (a sweep in progress): still draw its learning curves, if any."""
+    empty = pd.DataFrame()
+    try:
+        curves = learning_points(df, tasks)
+    except Exception as e:
+        problems.append(f"learning curves failed: {type(e).__name__}: {e}")
+        curves = empty
+    report = Report(empty, empty, [], problems)
+    if curves.empty:
+        return report
+    figures, plot_problems = all_figures(curves, empty, out, None, curves, only=("learning",))
+    report.written += figures
+    report.problems += plot_problems
+    _page(report, out, title, {}, figures, list(dict.fromkeys(curves["task"])))
+    return _finish(report, out)

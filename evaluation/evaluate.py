@@ -1,9 +1,12 @@
-"""Evaluation stage: zero-shot classification and retrieval of one checkpoint.
+"""Evaluation stage: zero-shot classification, retrieval and linear probes of one checkpoint.
 
-The numbers must be comparable with the paper's, so the measuring is left entirely to
-clip_benchmark's own code (dataset loader, classifier construction, metrics), wired the way
-its CLI (``clip_benchmark/cli.py``) wires them for ``wds/`` datasets. This module only adds
-resume (a record that exists is not recomputed) and the bookkeeping of the result store.
+The numbers must be comparable with the paper's, so zero-shot and retrieval metrics are left
+to clip_benchmark's own code (dataset loader, classifier construction, metrics), wired the way
+its CLI (``clip_benchmark/cli.py``) wires them for ``wds/`` datasets. Image features of a
+classification set are computed once and shared by its zero-shot record and its linear probes
+(``evaluation.probe``; clip_benchmark's asserts CUDA). This module adds resume (a record that
+exists is not recomputed), the paper's aggregates (``eval.aggregates``) and the bookkeeping of
+the result store. bf16 autocast on GPU, fp32 on CPU.
 """
 
 from __future__ import annotations
@@ -12,66 +15,127 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from evaluation import store
+from evaluation.probe import linear_probe, probe_task
 
 log = logging.getLogger(__name__)
 
-TASKS = ("zeroshot_classification", "zeroshot_retrieval")
-"""Tasks this stage runs (the paper's downstream evaluation)."""
+TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+"""Tasks of ``eval.datasets`` entries (the paper's downstream evaluation)."""
+
+AGGREGATE_TASK = "zeroshot_classification"
+"""Task of the aggregates' members and of their own records."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One record to produce: a dataset entry, the record's task, the probe's k (or None)."""
+
+    ds: Any
+    task: str
+    k: int | None = None
+
+    @property
+    def dataset(self) -> str:
+        return _benchmark_name(self.ds.name)
 
 
 def evaluate(
     cfg: DictConfig, run_dir: Path, checkpoint: str | Path, step: int, final: bool = True
 ) -> list[dict[str, Any]]:
-    """Evaluate ``checkpoint`` (step ``step`` of the run in ``run_dir``) on ``cfg.eval.datasets``.
+    """Evaluate ``checkpoint`` (step ``step`` of the run in ``run_dir``) on ``cfg.eval``.
 
-    Each dataset is read from ``root`` in clip_benchmark's ``wds/`` layout and scored with
-    clip_benchmark's own metrics; one record per (dataset, task) is written to the store
-    (``evaluation.store``). Returns the records of this step, one per dataset that has one:
-    those just computed and those already in the store (those are not evaluated again; a
-    store file that is unreadable is recomputed). A dataset whose root is missing is logged
-    as an error and skipped, the others still run; an unknown task raises ValueError before
-    anything runs. The model is only loaded if something is left to evaluate.
+    Each dataset is read from ``root`` in clip_benchmark's ``wds/`` layout; one record per
+    (dataset, task) is written to the store (``evaluation.store``): zero-shot classification
+    and retrieval with clip_benchmark's metrics, linear probes one per ``eval.probe.fewshot_k``
+    (task ``linear_probe`` / ``linear_probe_<k>shot``, metrics ``lp_acc1``...). Then every
+    ``eval.aggregates`` entry whose members all have a record gets a record of its own.
+    Returns the records of this step: those just computed and those already in the store
+    (not evaluated again; a store file that is unreadable is recomputed). Datasets whose root
+    is missing are logged as errors up front, naming the dataset, and skipped; the others
+    still run. An unknown task raises ValueError before anything runs. The model is only
+    loaded if something is left to evaluate; a bad checkpoint raises
+    ``evaluation.checkpoint.CheckpointError``.
     """
     run_dir = Path(run_dir)
-    datasets = list(cfg.eval.datasets)
-    for ds in datasets:
+    jobs = plan_jobs(cfg.eval)
+    done, todo = _split_done(run_dir, step, jobs)
+    missing_roots([j.ds for j in todo])  # reported up front, all at once
+    todo = [j for j in todo if not _problems(j.ds)]
+    new: list[dict[str, Any]] = []
+    base = _base_record(cfg, run_dir, checkpoint, step, final)
+    if todo:
+        from evaluation.checkpoint import load_model
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, preprocess, tokenizer = load_model(cfg.model.arch, checkpoint, device)
+        ctx = _Context(cfg.eval, model, preprocess, tokenizer, device)
+        for group in _by_dataset(todo):
+            for job, metrics, extra, seconds in ctx.run(group):
+                new.append(_write(run_dir, base, job.dataset, job.task, metrics, extra, seconds))
+                log.info("step %d %s %s: %s", step, job.dataset, job.task, metrics)
+    records = done + new
+    return records + _aggregates(cfg.eval, run_dir, base, step, records)
+
+
+def plan_jobs(eval_cfg: Any) -> list[Job]:
+    """The records ``eval_cfg`` asks for; ValueError on an unknown task."""
+    jobs = []
+    for ds in eval_cfg.datasets:
         if ds.task not in TASKS:
             raise ValueError(
                 f"eval dataset {ds.name}: unsupported task {ds.task!r}, not in {TASKS}"
             )
-    done, todo = _split_done(run_dir, step, datasets)
-    todo = [ds for ds in todo if _root_present(ds)]
-    if not todo:
-        return done
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, preprocess, tokenizer = _load_model(cfg.model.arch, checkpoint, device)
-    base = _base_record(cfg, run_dir, checkpoint, step, final)
-    new = []
-    for ds in todo:
-        start = time.perf_counter()
-        metrics = _run_clip_benchmark(cfg.eval, ds, model, preprocess, tokenizer, device)
-        record = {
-            **base,
-            "dataset": _benchmark_name(ds.name),
-            "task": ds.task,
-            "metrics": metrics,
-            "eval_seconds": time.perf_counter() - start,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        path = store.write_record(run_dir, record)
-        log.info("step %d %s %s: %s", step, record["dataset"], ds.task, metrics)
-        # return what the store holds (a NaN metric is stored as null), so that a resumed
-        # call returns the same records as the first one
-        new.append(store.read_record(path))
-    return done + new
+        if ds.task == "linear_probe":
+            jobs += [Job(ds, probe_task(int(k)), int(k)) for k in probe_settings(eval_cfg).fewshot_k]
+        else:
+            jobs.append(Job(ds, ds.task))
+    return jobs
+
+
+def probe_settings(eval_cfg: Any) -> Any:
+    """``eval_cfg.probe`` with the schema's defaults for what it leaves out."""
+    from omegaconf import OmegaConf
+
+    from launcher.schema import ProbeConfig
+
+    return OmegaConf.merge(OmegaConf.structured(ProbeConfig), eval_cfg.get("probe") or {})
+
+
+def missing_roots(datasets: list[Any]) -> list[tuple[str, str]]:
+    """``(dataset name, reason)`` for each dataset whose data is not there, each logged as an
+    error; a linear probe also needs its ``train_split``."""
+    out: list[tuple[str, str]] = []
+    for ds in datasets:
+        for reason in _problems(ds):
+            if (ds.name, reason) not in out:
+                log.error("eval dataset %s: %s; skipped", ds.name, reason)
+                out.append((ds.name, reason))
+    return out
+
+
+def _problems(ds: Any) -> list[str]:
+    splits = [ds.split] + ([ds.get("train_split", "train")] if ds.task == "linear_probe" else [])
+    found = (_root_problem(Path(ds.root), split) for split in splits)
+    return list(dict.fromkeys(p for p in found if p))
+
+
+def _root_problem(root: Path, split: str) -> str | None:
+    if not root.is_dir():
+        return f"root {root} does not exist"
+    if not (root / split / "nshards.txt").is_file():
+        return f"{root} is not in clip_benchmark's wds layout (no {split}/nshards.txt)"
+    return None
 
 
 def _benchmark_name(name: str) -> str:
@@ -80,103 +144,207 @@ def _benchmark_name(name: str) -> str:
 
 
 def _split_done(
-    run_dir: Path, step: int, datasets: list[Any]
-) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Records already in the store for ``step``, and the datasets still to evaluate."""
+    run_dir: Path, step: int, jobs: list[Job]
+) -> tuple[list[dict[str, Any]], list[Job]]:
+    """Records already in the store for ``step``, and the jobs still to run."""
     done, todo = [], []
-    for ds in datasets:
-        path = store.record_path(run_dir, step, _benchmark_name(ds.name), ds.task)
-        if not path.exists():
-            todo.append(ds)
-            continue
-        try:
-            done.append(store.read_record(path))
-        except ValueError as e:
-            log.warning("re-evaluating %s: stored record is bad (%s)", path, e)
-            todo.append(ds)
+    for job in jobs:
+        record = _stored(store.record_path(run_dir, step, job.dataset, job.task))
+        if record is None:
+            todo.append(job)
+        else:
+            done.append(record)
     return done, todo
 
 
-def _root_present(ds: Any) -> bool:
-    """Whether ``ds.root`` holds the split clip_benchmark will read; logs an error if not."""
-    root = Path(ds.root)
-    if not root.is_dir():
-        log.error("eval dataset %s: root %s does not exist; skipped", ds.name, root)
-        return False
-    if not (root / ds.split / "nshards.txt").is_file():
-        log.error(
-            "eval dataset %s: %s is not in clip_benchmark's wds layout (no %s/nshards.txt); skipped",
-            ds.name,
-            root,
-            ds.split,
-        )
-        return False
-    return True
+def _stored(path: Path) -> dict[str, Any] | None:
+    """The valid record at ``path``, or None (absent, or bad: then logged for recompute)."""
+    if not path.exists():
+        return None
+    try:
+        return store.read_record(path)
+    except ValueError as e:
+        log.warning("re-evaluating %s: stored record is bad (%s)", path, e)
+        return None
 
 
-def _load_model(arch: str, checkpoint: str | Path, device: str) -> tuple[Any, Any, Any]:
-    """open_clip model (eval mode, on ``device``), its validation transform and tokenizer."""
-    import open_clip
-
-    from training.models import register_model_configs
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        # open_clip would take a missing path for a pretrained *tag* and fail obscurely
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    register_model_configs()  # the tiny clipscale archs
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(checkpoint))
-    model = model.to(device).eval()
-    return model, preprocess, open_clip.get_tokenizer(arch)
+def _by_dataset(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs grouped by dataset (name, root, split), first-seen order: a group shares features."""
+    groups: dict[tuple[str, str, str, bool], list[Job]] = {}
+    for job in jobs:
+        key = (job.ds.name, str(job.ds.root), job.ds.split, job.task == "zeroshot_retrieval")
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
 
 
-def _run_clip_benchmark(
-    eval_cfg: Any, ds: Any, model: Any, preprocess: Any, tokenizer: Any, device: str
+def _write(
+    run_dir: Path, base: dict[str, Any], dataset: str, task: str, metrics: dict[str, Any],
+    extra: dict[str, Any], seconds: float,
 ) -> dict[str, Any]:
-    """clip_benchmark's metrics dict for one dataset, built as its CLI builds it."""
-    from clip_benchmark.datasets.builder import build_dataset
-    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+    record = {
+        **base,
+        **extra,
+        "dataset": dataset,
+        "task": task,
+        "metrics": metrics,
+        "eval_seconds": seconds,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    # return what the store holds (a NaN metric is stored as null), so that a resumed call
+    # returns the same records as the first one
+    return store.read_record(store.write_record(run_dir, record))
 
-    # task must be passed: with its default (classification) a retrieval set fails an assert
-    dataset = build_dataset(
-        _benchmark_name(ds.name),
-        root=str(ds.root),
-        transform=preprocess,
-        split=ds.split,
-        language="en",
-        task=ds.task,
-    )
-    # As the CLI does for wds/ sets: webdataset batches (its collation keeps each image's
-    # caption list intact for retrieval), the DataLoader only adds workers.
-    loader = torch.utils.data.DataLoader(
-        dataset.batched(eval_cfg.batch_size),
-        batch_size=None,
-        shuffle=False,
-        num_workers=eval_cfg.workers,
-    )
+
+def _autocast(device: str) -> Any:
     # clip_benchmark opens torch.autocast(device, enabled=amp) without a dtype, so it inherits
     # the dtype of an enclosing autocast: bf16 on cuda; on cpu autocast is off (fp32).
-    amp = device == "cuda"
-    outer = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with outer:
-        if ds.task == "zeroshot_classification":
-            return zeroshot_classification.evaluate(
-                model,
-                loader,
-                tokenizer,
-                dataset.classes,
-                dataset.templates,
-                device=device,
-                amp=amp,
-            )
-        return zeroshot_retrieval.evaluate(
-            model,
-            loader,
-            tokenizer,
-            recall_k_list=list(eval_cfg.recall_k),
-            device=device,
-            amp=amp,
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _FeatureModel:
+    """Stands in for the model in clip_benchmark's zero-shot ``evaluate`` when the image
+    features are already computed: images are the features, text goes to the model."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def encode_text(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.model.encode_text(*args, **kwargs)
+
+    def encode_image(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class _FeatureBatches:
+    """Stands in for clip_benchmark's loader: batches of (features, targets), ``.dataset.classes``."""
+
+    def __init__(self, feats: torch.Tensor, targets: torch.Tensor, classes: list[str], bs: int):
+        self.feats, self.targets, self.bs = feats, targets, bs
+        self.dataset = SimpleNamespace(classes=classes)
+
+    def __len__(self) -> int:
+        return (len(self.feats) + self.bs - 1) // self.bs
+
+    def __iter__(self) -> Any:
+        for i in range(0, len(self.feats), self.bs):
+            yield self.feats[i : i + self.bs], self.targets[i : i + self.bs]
+
+
+class _Context:
+    """One loaded model and the eval settings: runs the jobs of one dataset."""
+
+    def __init__(self, eval_cfg: Any, model: Any, preprocess: Any, tokenizer: Any, device: str):
+        self.cfg, self.model, self.preprocess = eval_cfg, model, preprocess
+        self.tokenizer, self.device = tokenizer, device
+        self.amp = device == "cuda"
+        self.probe = probe_settings(eval_cfg)
+
+    def run(self, jobs: list[Job]) -> Any:
+        """Yield ``(job, metrics, extra record keys, seconds)`` for each job of one dataset."""
+        ds = jobs[0].ds
+        if jobs[0].task == "zeroshot_retrieval":
+            for job in jobs:
+                start = time.perf_counter()
+                yield job, self._retrieval(ds), {}, time.perf_counter() - start
+            return
+        start = time.perf_counter()
+        dataset, feats, targets = self._features(ds, ds.split)
+        shared = time.perf_counter() - start  # feature time is charged to every record using it
+        train = None
+        for job in jobs:
+            start = time.perf_counter()
+            extra: dict[str, Any] = {}
+            if job.task == "zeroshot_classification":
+                metrics = self._zeroshot(dataset, feats, targets)
+            else:
+                if train is None:
+                    train = self._features(ds, ds.get("train_split", "train"))[1:]
+                metrics, extra = linear_probe(
+                    train[0], train[1], feats, targets, len(dataset.classes), int(job.k or -1),
+                    self.probe, device=self.device,
+                )
+            yield job, metrics, extra, shared + time.perf_counter() - start
+
+    def _dataset(self, ds: Any, split: str, task: str) -> tuple[Any, Any]:
+        from clip_benchmark.datasets.builder import build_dataset
+
+        # task must be passed: with its default (classification) a retrieval set fails an assert
+        dataset = build_dataset(
+            _benchmark_name(ds.name), root=str(ds.root), transform=self.preprocess,
+            split=split, language="en", task=task,
         )
+        # As the CLI does for wds/ sets: webdataset batches (its collation keeps each image's
+        # caption list intact for retrieval), the DataLoader only adds workers.
+        loader = torch.utils.data.DataLoader(
+            dataset.batched(self.cfg.batch_size), batch_size=None, shuffle=False,
+            num_workers=self.cfg.workers,
+        )
+        return dataset, loader
+
+    def _features(self, ds: Any, split: str) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """The split's dataset, its L2-normalised image features (fp32, CPU) and targets."""
+        dataset, loader = self._dataset(ds, split, "zeroshot_classification")
+        feats, targets = [], []
+        with torch.no_grad(), _autocast(self.device):
+            for images, target in loader:
+                f = self.model.encode_image(images.to(self.device))
+                feats.append(F.normalize(f, dim=-1).float().cpu())
+                targets.append(target)
+        return dataset, torch.cat(feats), torch.cat(targets)
+
+    def _zeroshot(self, dataset: Any, feats: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        from clip_benchmark.metrics import zeroshot_classification
+
+        batches = _FeatureBatches(feats, targets, dataset.classes, int(self.cfg.batch_size))
+        with _autocast(self.device):
+            return zeroshot_classification.evaluate(
+                _FeatureModel(self.model), batches, self.tokenizer, dataset.classes,
+                dataset.templates, device=self.device, amp=self.amp,
+            )
+
+    def _retrieval(self, ds: Any) -> dict[str, Any]:
+        from clip_benchmark.metrics import zeroshot_retrieval
+
+        _, loader = self._dataset(ds, ds.split, "zeroshot_retrieval")
+        with _autocast(self.device):
+            return zeroshot_retrieval.evaluate(
+                self.model, loader, self.tokenizer, recall_k_list=list(self.cfg.recall_k),
+                device=self.device, amp=self.amp,
+            )
+
+
+def _aggregates(
+    eval_cfg: Any, run_dir: Path, base: dict[str, Any], step: int, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Records of ``eval_cfg.aggregates`` (name -> member datasets) for ``step``: stored ones,
+    and new ones for each aggregate whose members all have a zero-shot record in ``records``.
+    Metrics are the mean over the members that report them (e.g. mean_average_precision only
+    from multi-label sets); the record lists its ``members``."""
+    by_dataset = {r["dataset"]: r for r in records if r["task"] == AGGREGATE_TASK}
+    out = []
+    for name, members in (eval_cfg.get("aggregates") or {}).items():
+        members = [str(m) for m in members]
+        path = store.record_path(run_dir, step, name, AGGREGATE_TASK)
+        stored = _stored(path)
+        if stored is not None and stored.get("members") == members:
+            out.append(stored)
+            continue
+        absent = [m for m in members if _benchmark_name(m) not in by_dataset]
+        if absent:
+            log.warning("aggregate %s not written for step %d: no record for %s",
+                        name, step, ", ".join(absent))
+            continue
+        parts = [by_dataset[_benchmark_name(m)] for m in members]
+        metrics = {}
+        for key in dict.fromkeys(k for r in parts for k in r["metrics"]):
+            values = [r["metrics"][key] for r in parts if r["metrics"].get(key) is not None]
+            metrics[key] = sum(values) / len(values) if values else None
+        seconds = sum(float(r["eval_seconds"]) for r in parts)
+        out.append(_write(run_dir, base, name, AGGREGATE_TASK, metrics, {"members": members},
+                          seconds))
+    return out
 
 
 def _read_meta(run_dir: Path) -> dict[str, Any]:

@@ -6,7 +6,9 @@ Layout (everything a run owns stays under its folder)::
 
 A record holds clip_benchmark's own result keys (``dataset``, ``model``, ``pretrained``,
 ``task``, ``metrics``, ``language``) plus what the scaling-law fits need to place the point
-(see ``REQUIRED_KEYS``). Records are written atomically, so a reader sees a whole record or
+(see ``REQUIRED_KEYS``); optional keys: ``members`` (an aggregate's datasets), ``fewshot_k``,
+``probe_lr``, ``probe_epochs``, ``probe_val_acc1``, ``probe_train_samples`` (a linear probe's
+chosen setting). Records are written atomically, so a reader sees a whole record or
 none; readers still never trust a file (a disk may fill, a person may edit one) and report a
 bad file instead of raising, because one broken file must not hide a whole sweep's results.
 """
@@ -31,11 +33,12 @@ SCHEMA_VERSION = 1
 
 REQUIRED_KEYS: tuple[str, ...] = (
     # clip_benchmark's own keys, as its CLI dumps them
-    "dataset",  # clip_benchmark dataset name, e.g. "wds/synth_shapes"
+    "dataset",  # clip_benchmark dataset name, e.g. "wds/synth_shapes"; or an aggregate's, "vtab+"
     "model",  # open_clip architecture
     "pretrained",  # checkpoint path
-    "task",  # zeroshot_classification | zeroshot_retrieval
-    "metrics",  # dict exactly as clip_benchmark returns it (non-finite values stored as null)
+    "task",  # zeroshot_classification | zeroshot_retrieval | linear_probe | linear_probe_<k>shot
+    "metrics",  # dict as clip_benchmark returns it (non-finite values stored as null); probes:
+    # lp_acc1, lp_acc5, lp_mean_per_class_recall; aggregates: the members' means
     "language",
     # clipscale's keys
     "schema_version",

@@ -108,17 +108,46 @@ class EvalDatasetConfig:
     name: str = MISSING
     """clip_benchmark dataset name (``wds/imagenet1k`` style names are built from ``root``)."""
     task: str = MISSING
-    """zeroshot_classification or zeroshot_retrieval."""
+    """zeroshot_classification, zeroshot_retrieval or linear_probe (one record per
+    ``eval.probe.fewshot_k``; an entry of the same name with zeroshot_classification shares
+    its image features)."""
     root: str = MISSING
     """Local folder in clip_benchmark's ``wds/`` layout."""
     split: str = "test"
+    train_split: str = "train"
+    """Split a linear probe is fitted on (its validation part is held out of it)."""
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probes (``task: linear_probe``): logistic regression on frozen image features."""
+
+    fewshot_k: list[int] = field(default_factory=lambda: [-1, 10, 25])
+    """Training images per class; -1 is the whole train split (clip_benchmark's convention)."""
+    lrs: list[float] = field(default_factory=lambda: [0.1, 0.01, 0.001])
+    """AdamW learning rates tried; the best (lr, epochs) on the validation part wins."""
+    epochs: list[int] = field(default_factory=lambda: [10, 20, 40])
+    """Epoch counts tried (one run per lr, scored on validation after each of these epochs)."""
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    val_proportion: float = 0.2
+    """Part of the (few-shot) train split held out to choose lr and epochs; the chosen
+    setting is then refitted on the whole of it."""
+    seed: int = 0
 
 
 @dataclass
 class EvalConfig:
     """Post-run evaluation (``conf/eval/*.yaml``)."""
 
+    data_dir: str = "${data_root}/eval"
+    """Folder holding the suite's datasets; each YAML builds its roots as
+    ``${eval.data_dir}/<folder>`` (override: ``eval.data_dir=/p/data/clip_benchmark``)."""
     datasets: list[EvalDatasetConfig] = field(default_factory=list)
+    aggregates: dict[str, list[str]] = field(default_factory=dict)
+    """Aggregate name -> member dataset names (zero-shot classification): written as a record
+    of its own (metrics = mean over the members, plus ``members``) once every member has one."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     batch_size: int = 256
     workers: int = 0
     recall_k: list[int] = field(default_factory=lambda: [1, 5, 10])

@@ -233,19 +233,28 @@ def test_cli_end_to_end_on_a_store(tmp_path):
             ("synth_scenes", "image_retrieval_recall@5"),
             ("synth_scenes", "text_retrieval_recall@5"),
         )
-        for meth in ("paper", "ols")
+        for meth in ("paper", "ols", "saturating")
     }
     assert (fits["family"] == "demo").all() and (fits["n_points"] == 12).all()
     assert (fits["alpha"] < 0).all()
+    # fake_sweep's errors have a data-size floor: the saturating law finds one
+    sat = fits[fits["method"] == "saturating"]
+    assert (sat["E_inf"] > 0.1).all()
     paper = fits[fits["method"] == "paper"]
     assert (paper["fit_kind"] == "binned").all()
 
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 6  # scaling, bottleneck, learning x 2 tasks
+    assert "Do the families scale differently?" in page and "Held-out check" in page
+    assert 'src="http' not in page and "<link" not in page  # self-contained
     points = pd.read_csv(out / "points.csv")
     assert len(points) == 36  # 12 final runs x 3 (task, metric): intermediate steps left out
     for name in ("synth_shapes", "synth_scenes"):
         for stem in (f"scaling_{name}", f"bottleneck_{name}"):
             for ext in ("png", "svg"):
                 assert (out / f"{stem}.{ext}").stat().st_size > 1000
+        # 12 runs evaluated at an intermediate step and at the end: a learning curve each
+        assert (out / f"learning_{name}.png").stat().st_size > 1000
         table = pd.read_csv(out / f"table_{name}.csv")
         assert len(table) == 12 and {"model_label", "data_label", "samples_seen_pretty"} <= set(table.columns)  # fmt: skip
         assert (out / f"table_{name}.md").read_text().startswith("| family | model |")
@@ -300,10 +309,18 @@ def test_only_intermediate_checkpoints_are_not_fit(tmp_path, capsys):
     rec = record("r1", "tiny_s", "syn4k", "s6k", "synth_shapes", "zeroshot_classification",
                  {"acc1": 0.5}, 10, False)  # fmt: skip
     write_record(root, rec)
-    rc = main(["--source", "store", "--root", str(root), "--out", str(tmp_path / "o")])
+    write_record(root, {**rec, "step": 20, "samples_seen": 2 * rec["samples_seen"],
+                        "metrics": {"acc1": 0.6}})  # fmt: skip
+    out = tmp_path / "o"
+    rc = main(["--source", "store", "--root", str(root), "--out", str(out)])
     printed = capsys.readouterr().out
-    assert rc == 1
     assert "no final-checkpoint record" in printed and "r1" in printed
+    assert "nothing to fit" in printed
+    # a sweep in progress: no fits, but its learning curves and a page that says why
+    assert rc == 0 and not (out / "fits.csv").exists()
+    assert (out / "learning_synth_shapes.png").stat().st_size > 1000
+    page = (out / "report.html").read_text()
+    assert "nothing to fit" in page and "data:image/png;base64," in page
 
 
 def test_single_point_writes_what_it_can(tmp_path, capsys):
@@ -318,6 +335,8 @@ def test_single_point_writes_what_it_can(tmp_path, capsys):
     fits = pd.read_csv(out / "fits.csv")
     assert len(fits) == 2 and fits["alpha"].isna().all()
     assert (out / "points.csv").exists() and (out / "scaling_synth_shapes.png").exists()
+    page = (out / "report.html").read_text()
+    assert "1 point(s)" in page and "data:image/png;base64," in page
 
 
 def edit_records(root: Path, run: str, dataset: str, edit) -> None:

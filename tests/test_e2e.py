@@ -48,8 +48,12 @@ def test_first_launch_trains_and_evaluates_every_point(grid):
         assert events == ["start", "trained", "evaluated", "done"]
     records, problems = read_records(tmp / "runs")
     assert not problems
-    assert len(records) == 2 * 3  # 3 embedded evaluation sets per run
-    assert {r["task"] for r in records} == {"zeroshot_classification", "zeroshot_retrieval"}
+    # per run (conf/eval/embedded.yaml): 3 zero-shot sets, 1 retrieval set, 2 linear probes
+    # (full, 10-shot) and 3 aggregates
+    assert len(records) == 2 * 9
+    assert {r["task"] for r in records} == {"zeroshot_classification", "zeroshot_retrieval",
+                                            "linear_probe", "linear_probe_10shot"}
+    assert {"synth_robustness", "synth_vtab", "synth_vtab+"} <= {r["dataset"] for r in records}
     for r in records:
         assert all(v is None or 0.0 <= v <= 1.0 for v in r["metrics"].values())
         assert r["samples_seen"] == 512 and r["compute"] == pytest.approx(512 * r["gmacs"])

@@ -166,11 +166,25 @@ def test_embedded_config_on_generated_sets(make_cfg, checkpoint):
 
     records = evaluate(cfg, run_dir, checkpoint, step=2)
 
-    assert sorted(r["dataset"] for r in records) == [
-        "wds/synth_scenes",
-        "wds/synth_shapes",
-        "wds/synth_shapes_outline",
+    assert sorted((r["dataset"], r["task"]) for r in records) == [
+        ("synth_robustness", "zeroshot_classification"),
+        ("synth_vtab", "zeroshot_classification"),
+        ("synth_vtab+", "zeroshot_classification"),
+        ("wds/synth_positions", "linear_probe"),
+        ("wds/synth_positions", "linear_probe_10shot"),
+        ("wds/synth_positions", "zeroshot_classification"),
+        ("wds/synth_scenes", "zeroshot_retrieval"),
+        ("wds/synth_shapes", "zeroshot_classification"),
+        ("wds/synth_shapes_outline", "zeroshot_classification"),
     ]
+    by_key = {(r["dataset"], r["task"]): r for r in records}
+    vtab = by_key["synth_vtab", "zeroshot_classification"]
+    members = [by_key[f"wds/{m}", "zeroshot_classification"] for m in vtab["members"]]
+    assert vtab["members"] == ["synth_shapes", "synth_positions"]
+    assert vtab["metrics"]["acc1"] == pytest.approx(np.mean([m["metrics"]["acc1"] for m in members]))
+    robust = by_key["synth_robustness", "zeroshot_classification"]
+    assert robust["metrics"] == by_key["wds/synth_shapes_outline", "zeroshot_classification"]["metrics"]
+    assert by_key["wds/synth_positions", "linear_probe_10shot"]["fewshot_k"] == 10
     assert store.read_records(cfg.root) == (sorted(records, key=_path_of(run_dir)), [])
     for r in records:
         assert r["model_name"] == cfg.model.name and r["data"] == cfg.data.name
@@ -200,8 +214,8 @@ def test_missing_root_is_skipped_and_others_run(eval_sets, checkpoint, tmp_path,
 
 
 def test_unknown_task_fails_before_anything_runs(eval_sets, tmp_path):
-    datasets = [{"name": "shapes", "task": "linear_probe", "root": str(eval_sets / "shapes")}]
-    with pytest.raises(ValueError, match="linear_probe"):
+    datasets = [{"name": "shapes", "task": "segmentation", "root": str(eval_sets / "shapes")}]
+    with pytest.raises(ValueError, match="segmentation"):
         evaluate(tiny_cfg(eval_sets, datasets), tmp_path / "run", tmp_path / "x.pt", step=1)
 
 

@@ -21,6 +21,7 @@ from training import synthetic
 from training.synthetic import (
     CLASSNAMES,
     EVAL_SETS,
+    POSITION_CLASSNAMES,
     SUCCESS,
     ensure_datasets,
     generate_eval,
@@ -181,6 +182,15 @@ def test_eval_layout(eval_sets: dict[str, Path]) -> None:
         assert (root / "classnames.txt").read_text().splitlines() == CLASSNAMES
         assert all("{c}" in t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines())
     assert (eval_sets["synth_scenes"] / "dataset_type.txt").read_text().strip() == "retrieval"
+    positions = eval_sets["synth_positions"]
+    assert (positions / "classnames.txt").read_text().splitlines() == POSITION_CLASSNAMES
+    assert len(POSITION_CLASSNAMES) == len(set(POSITION_CLASSNAMES)) == 9
+    for split in ("train", "test"):  # a train split for linear probes
+        labels = [int(f["cls"]) for f in _samples([positions / split / "0.tar"]).values()]
+        assert sorted(set(labels)) == list(range(9))
+    train = _samples([positions / "train" / "0.tar"])
+    test = _samples([positions / "test" / "0.tar"])
+    assert {f["jpg"] for f in train.values()}.isdisjoint(f["jpg"] for f in test.values())
 
 
 def test_eval_scenes_differ_from_training_scenes(tmp_path: Path, eval_sets: dict[str, Path]) -> None:
@@ -285,7 +295,7 @@ def test_ensure_datasets_generates_what_is_missing(tmp_path: Path) -> None:
         assert (tmp_path / "synthetic" / "eval" / name / SUCCESS).is_file()
     assert not (tmp_path / "real").exists()  # real data is never touched
     markers = sorted((tmp_path / "synthetic").rglob(SUCCESS))
-    assert len(markers) == 4
+    assert len(markers) == 1 + len(EVAL_SETS)
     stamps = [m.stat().st_mtime_ns for m in markers]
     ensure_datasets(cfg)
     assert [m.stat().st_mtime_ns for m in markers] == stamps

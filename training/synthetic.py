@@ -40,7 +40,7 @@ import shutil
 import socket
 import tarfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ regenerated rather than silently mixed with new."""
 SUCCESS = "_SUCCESS"
 SHARD_SIZE = 1024
 """Pairs per training shard as ensure_datasets writes them (generate_train's default)."""
-EVAL_SETS = ("synth_shapes", "synth_shapes_outline", "synth_scenes")
+EVAL_SETS = ("synth_shapes", "synth_shapes_outline", "synth_positions", "synth_scenes")
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -82,6 +82,16 @@ TEMPLATES = [
     "a large {c}.",
 ]
 
+POSITION_TEMPLATES = [
+    "a shape {c}.",
+    "an object {c}.",
+    "a picture of a shape {c}.",
+    "a drawing of something {c}.",
+    "there is a shape {c}.",
+]
+"""Zero-shot templates of synth_positions; its classes (``POSITION_CLASSNAMES``) are place
+phrases as the training captions word them."""
+
 BACKGROUNDS: dict[str, int] = {"black": 20, "dark gray": 60, "gray": 100}
 """Gray levels of the plain backgrounds; kept dark so that every object colour, white
 included, stands out."""
@@ -105,6 +115,10 @@ PLACE_WORDS = {
     "top": ("at the top", "on top"),
     "bottom": ("at the bottom", "on the bottom"),
 }
+POSITION_CLASSNAMES = [
+    PLACE_WORDS[p][0] if p in PLACE_WORDS else f"at the {p}" for p in POSITIONS
+]
+"""Classes of synth_positions, in ``POSITIONS`` order: where the one drawn object is."""
 JOINERS = (" and ", ", ", " with ")
 PREFIXES = ("", "", "", "a picture of ", "a drawing of ", "an image of ", "a photo of ")
 # Like alt-texts, captions leave details out at random. (Mentioning places in only half of
@@ -123,6 +137,7 @@ STREAM_TRAIN = "train"
 STREAM_SHAPES = "eval/synth_shapes"
 STREAM_OUTLINE = "eval/synth_shapes_outline"
 STREAM_SCENES = "eval/synth_scenes"
+STREAM_POSITIONS = "eval/synth_positions"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +212,13 @@ def class_scene(rng: random.Random, label: int) -> Scene:
     """A classification scene: one large object of class ``CLASSNAMES[label]``, anywhere."""
     color, shape = list(COLORS)[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
     return _scene(rng, [_make_obj(rng, rng.choice(list(POSITIONS)), "large", shape, color)])
+
+
+def position_scene(rng: random.Random, label: int) -> Scene:
+    """A synth_positions scene: one object of any shape, colour and size at place ``label``."""
+    place = list(POSITIONS)[label]
+    obj = _make_obj(rng, place, rng.choice(list(SIZES)), rng.choice(SHAPES), rng.choice(list(COLORS)))
+    return _scene(rng, [obj])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,6 +523,15 @@ def _classification_members(stream: str, seed: int, n: int, image_size: int, sty
         yield f"s{i:07d}.cls", str(label).encode()
 
 
+def _position_members(stream: str, seed: int, n: int, image_size: int
+                      ) -> Iterator[tuple[str, bytes]]:
+    for i in range(n):
+        rng = _rng(stream, seed, i)
+        label = i % len(POSITIONS)
+        yield f"s{i:07d}.jpg", render(position_scene(rng, label), image_size, rng)
+        yield f"s{i:07d}.cls", str(label).encode()
+
+
 def _retrieval_members(seed: int, n: int, image_size: int, captions_per_image: int
                        ) -> Iterator[tuple[str, bytes]]:
     for i in range(n):
@@ -513,13 +544,15 @@ def _retrieval_members(seed: int, n: int, image_size: int, captions_per_image: i
         yield f"s{i:07d}.txt", "\n".join(texts).encode()
 
 
-def _wds_fill(members: Iterable[tuple[str, bytes]], meta: dict[str, str]) -> Callable[[Path], None]:
-    """A ``fill`` writing clip_benchmark's wds layout: one test shard plus metadata files."""
+def _wds_fill(splits: Mapping[str, Iterable[tuple[str, bytes]]], meta: dict[str, str]
+              ) -> Callable[[Path], None]:
+    """A ``fill`` writing clip_benchmark's wds layout: one shard per split plus metadata files."""
 
     def fill(folder: Path) -> None:
-        (folder / "test").mkdir()
-        _write_tar(folder / "test" / "0.tar", members)
-        atomic_write_text(folder / "test" / "nshards.txt", "1\n")
+        for split, members in splits.items():
+            (folder / split).mkdir()
+            _write_tar(folder / split / "0.tar", members)
+            atomic_write_text(folder / split / "nshards.txt", "1\n")
         for name, text in meta.items():
             atomic_write_text(folder / name, text)
     return fill
@@ -529,12 +562,14 @@ def generate_eval(
     out_dir: str | Path, seed: int = 1234, image_size: int = 32,
     n_classification: int = 1000, n_retrieval: int = 1000,
 ) -> dict[str, Path]:
-    """Write the three held-out sets under ``out_dir/<name>/`` in clip_benchmark's wds layout.
+    """Write the four held-out sets under ``out_dir/<name>/`` in clip_benchmark's wds layout.
 
     synth_shapes: zero-shot classification into ``CLASSNAMES`` (one large object per picture,
     in the training style). synth_shapes_outline: the same classes drawn as outlines on a
-    textured background (a distribution shift). synth_scenes: image-text retrieval, training-
-    style scenes with two captions each. Each set is built atomically with its own
+    textured background (a distribution shift). synth_positions: where the one object is
+    (``POSITION_CLASSNAMES``, 9 places), with a ``train`` split as large as its ``test`` split
+    for linear probes. synth_scenes: image-text retrieval, training-style scenes with two
+    captions each. Each set is built atomically with its own
     ``_SUCCESS``. The random streams differ from the training set's, whatever the seeds.
     Returns ``{name: folder}``.
     """
@@ -544,16 +579,23 @@ def generate_eval(
                 "zeroshot_classification_templates.txt": "\n".join(TEMPLATES) + "\n",
                 "dataset_type.txt": "classification\n"}
     # Generators are lazy: a set whose marker already matches never draws a picture.
+    pos_meta = {"classnames.txt": "\n".join(POSITION_CLASSNAMES) + "\n",
+                "zeroshot_classification_templates.txt": "\n".join(POSITION_TEMPLATES) + "\n",
+                "dataset_type.txt": "classification\n"}
+    n = n_classification
     sets = {
-        "synth_shapes": (n_classification, cls_meta, _classification_members(
-            STREAM_SHAPES, seed, n_classification, image_size, "filled")),
-        "synth_shapes_outline": (n_classification, cls_meta, _classification_members(
-            STREAM_OUTLINE, seed, n_classification, image_size, "outline")),
+        "synth_shapes": (n, cls_meta, {"test": _classification_members(
+            STREAM_SHAPES, seed, n, image_size, "filled")}),
+        "synth_shapes_outline": (n, cls_meta, {"test": _classification_members(
+            STREAM_OUTLINE, seed, n, image_size, "outline")}),
+        "synth_positions": (n, pos_meta, {
+            "test": _position_members(f"{STREAM_POSITIONS}/test", seed, n, image_size),
+            "train": _position_members(f"{STREAM_POSITIONS}/train", seed, n, image_size)}),
         "synth_scenes": (n_retrieval, {"dataset_type.txt": "retrieval\n"},
-                         _retrieval_members(seed, n_retrieval, image_size, 2)),
+                         {"test": _retrieval_members(seed, n_retrieval, image_size, 2)}),
     }
-    for name, (n, meta, members) in sets.items():
-        build_atomically(out_dir / name, {"kind": name, "n": n, **base}, _wds_fill(members, meta))
+    for name, (size, meta, splits) in sets.items():
+        build_atomically(out_dir / name, {"kind": name, "n": size, **base}, _wds_fill(splits, meta))
     return {name: out_dir / name for name in EVAL_SETS}
 
 
@@ -590,7 +632,7 @@ def _synthetic_eval_parents(cfg: Any) -> list[Path]:
     return parents
 
 
-def ensure_datasets(cfg: Any) -> None:
+def ensure_datasets(cfg: Any, eval_only: bool = False) -> None:
     """Generate the embedded data a composed clipscale config needs and that is missing.
 
     If ``cfg.data.synthetic``: the training shards in ``Path(cfg.data.shards).parent``, after
@@ -598,11 +640,12 @@ def ensure_datasets(cfg: Any) -> None:
     (ValueError naming ``data.shards`` otherwise). For every ``cfg.eval.datasets`` entry whose
     root lies under ``{cfg.data_root}/synthetic/eval/``: the evaluation sets in its parent
     folder. Real data is never touched. Cheap when everything exists (markers only).
+    ``eval_only``: the evaluation sets alone (evaluating a checkpoint needs no training data).
     """
     data = cfg.data
     eval_parents = _synthetic_eval_parents(cfg)  # every check before the first write
-    if data.synthetic:
+    if data.get("synthetic") and not eval_only:
         _check_shard_pattern(str(data.shards), math.ceil(data.num_samples / SHARD_SIZE))
         generate_train(Path(str(data.shards)).parent, data.num_samples, data.seed, data.image_size)
     for parent in eval_parents:
-        generate_eval(parent, image_size=data.image_size)
+        generate_eval(parent, image_size=data.get("image_size", 32))

@@ -1,0 +1,131 @@
+"""Evaluation throughput on CPU: images/s of the whole evaluation stage for the tiny models.
+
+Runs ``evaluation.evaluate.evaluate`` with the embedded suite (``conf/eval/embedded.yaml``:
+zero-shot classification, linear probes, retrieval, aggregates) on freshly generated sets in
+a temporary folder, for each tiny model (random weights: speed does not depend on them).
+Every image read is counted once (features are shared by zero-shot and probes, a probe also
+reads its train split). Prints the figures and writes
+``benchmarks/results/eval_throughput_cpu.json`` (key ``images_per_s``)::
+
+    .venv/bin/python benchmarks/eval_throughput.py [--models tiny_s tiny_m] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as make and launch.py: shared cores
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+OUT = REPO / "benchmarks" / "results" / "eval_throughput_cpu.json"
+
+
+def _cfg(model: str, tmp: Path):
+    from hydra import compose, initialize_config_dir
+
+    from launcher import schema
+
+    schema.register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                f"model={model}",
+                "eval=embedded",
+                f"root={tmp}/runs",
+                f"data_root={tmp}/data",
+            ],
+        )
+
+
+def _images(cfg) -> int:
+    """Images the suite reads: each dataset's test split once, plus probes' train splits."""
+    seen, n = set(), 0
+    for ds in cfg.eval.datasets:
+        splits = [ds.split] + ([ds.train_split] if ds.task == "linear_probe" else [])
+        for split in splits:
+            if (ds.root, split) not in seen:
+                seen.add((ds.root, split))
+                n += _count(Path(ds.root, split))
+    return n
+
+
+def _count(folder: Path) -> int:
+    import tarfile
+
+    with tarfile.open(folder / "0.tar") as tar:
+        return sum(m.name.endswith(".jpg") for m in tar.getmembers())
+
+
+def measure(model: str, tmp: Path) -> dict:
+    import open_clip
+
+    from evaluation.evaluate import evaluate
+    from training.models import register_model_configs
+    from training.synthetic import ensure_datasets
+
+    cfg = _cfg(model, tmp)
+    ensure_datasets(cfg, eval_only=True)
+    register_model_configs()
+    torch.manual_seed(0)
+    ckpt = tmp / f"{model}.pt"
+    torch.save(
+        {"epoch": 0, "state_dict": open_clip.create_model(cfg.model.arch).state_dict()}, ckpt
+    )
+    images = _images(cfg)
+    start = time.perf_counter()
+    records = evaluate(cfg, tmp / "runs" / model, ckpt, step=0)
+    seconds = time.perf_counter() - start
+    return {
+        "images": images,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 1),
+        "record_seconds": {
+            f"{r['dataset']} {r['task']}": round(r["eval_seconds"], 2)
+            for r in records
+            if "members" not in r
+        },
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["tiny_s", "tiny_m"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        per_model = {m: measure(m, Path(tmp)) for m in args.models}
+    images = sum(r["images"] for r in per_model.values())
+    seconds = sum(r["seconds"] for r in per_model.values())
+    result = {
+        "images_per_s": round(images / seconds, 1),
+        "per_model": per_model,
+        "suite": "eval=embedded (zero-shot x3, linear probe full + 10-shot, retrieval, aggregates)",
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"images/s: {result['images_per_s']} (written to {OUT.relative_to(REPO)})")
+
+
+if __name__ == "__main__":
+    main()
