@@ -42,6 +42,13 @@ dry-run: venv ## Print a sweep's plan (points, steps, GPUs, compute, state): mak
 status: venv ## Status table of a sweep's points: make status SWEEP=demo
 	$(PY) -m launcher.status --sweep $(SWEEP) --root $(ROOT)
 
+eval: venv ## Evaluate a run's newest checkpoint on its suite: make eval RUN=runs/<id> [EVAL=paper]
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<run id> [EVAL=embedded|paper]"; exit 2; }
+	$(PY) -m evaluation run --run-dir $(RUN) $(if $(EVAL),--eval $(EVAL))
+
+export-csv: venv ## Export the store as the paper's CSV shape: make export-csv ROOT=runs
+	$(PY) -m evaluation export --root $(ROOT) --out $(OUT)/results.csv
+
 analyze: venv ## Fit and plot scaling laws: make analyze SOURCE=store|paper|both
 	$(PY) -m analysis --source $(SOURCE) --root $(ROOT) --out $(OUT)
 
@@ -55,4 +62,4 @@ lint: venv ## ruff and mypy on the packages
 clean: ## Remove runs, generated data and reports (keeps .venv)
 	rm -rf runs data reports
 
-.PHONY: help venv demo sweep dry-run status analyze test lint clean
+.PHONY: help venv demo sweep dry-run status eval export-csv analyze test lint clean
