@@ -99,6 +99,9 @@ class TrainConfig:
     """Steps between checkpoints (0: only at the end)."""
     keep_checkpoints: int = _not_identity(2)
     """How many of the newest complete checkpoints to keep."""
+    max_nonfinite: int = _not_identity(5)
+    """Non-finite losses in a row (each step skipped) before the run stops with NonFiniteLoss;
+    its last good checkpoint stays."""
 
 
 @dataclass
@@ -163,7 +166,9 @@ class ClusterConfig:
     nodes: int | None = None
     """Nodes per job; null derives it from global batch / (local batch x gpus per node)."""
     gpu_peak_tflops: float = 312.0
-    """Peak bf16 TFLOP/s of one device (A100: 312), for GPU-hour estimates."""
+    """Peak bf16 TFLOP/s of one device (A100: 312), for GPU-hour and MFU estimates."""
+    cpu_peak_tflops: float = 0.1
+    """Peak TFLOP/s of one CPU process, for the MFU estimate of CPU runs."""
 
 
 @dataclass

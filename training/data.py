@@ -27,13 +27,19 @@ SHUFFLE_INITIAL = 1000
 """Samples buffered before the first one is yielded (``_SAMPLE_SHUFFLE_INITIAL``)."""
 
 
-def stream_seed(seed: int, start_step: int) -> int:
-    """Seed of the data stream of a run (re)started at ``start_step``.
+SEGMENT_STEPS = 100
+"""Optimizer steps per data segment: the stream restarts from a fresh seed every this many steps.
 
-    It depends on the step so that a resumed run draws new shards and a new order instead of
-    replaying the samples it already saw before the interruption.
-    """
-    return wds.utils.make_seed(seed, start_step)
+A resume mid-segment restarts that segment and discards the steps already trained on, so a run
+resumed at any step sees exactly the batches of an uninterrupted run (at most
+``SEGMENT_STEPS - 1`` steps of loading, no model compute, are redone). Changing it changes
+which samples a run sees.
+"""
+
+
+def stream_seed(seed: int, segment: int, rank: int = 0) -> int:
+    """Seed of data segment ``segment`` on ``rank``: no two ranks or segments share a stream."""
+    return wds.utils.make_seed(seed, segment, rank)
 
 
 def _worker_seed(base: int) -> int:
@@ -50,6 +56,10 @@ class _SeededShuffle(wds.PipelineStage):
 
     def run(self, src: Iterator[Any]) -> Iterator[Any]:
         rng = random.Random(_worker_seed(self.base) + 1)
+        # Augmentations (RandomResizedCrop) draw from torch's RNG of the process that decodes:
+        # seeding it here makes a segment's batches a function of its seed alone, in a loader
+        # worker or (workers=0) in the training process, which draws from it nothing else.
+        torch.manual_seed(_worker_seed(self.base) + 2)
         return _shuffle(src, self.bufsize, self.initial, rng)
 
 

@@ -1,0 +1,64 @@
+"""The benchmark scripts' CPU paths run (the GPU one is meant for a lent H100/H200)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_gpu_throughput_dry_run_on_cpu(tmp_path: Path):
+    import gpu_throughput
+
+    out = tmp_path / "gpu.json"
+    result = gpu_throughput.main(["--dry-run", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    (m,) = result["models"]
+    assert m["model"] == "clipscale-tiny-s" and m["ours_samples_per_s"] > 0
+    assert m["open_clip_train_samples_per_s"] > 0 and 0 < m["ours_mfu"] < 1 and m["ratio"] > 0
+
+
+def test_train_throughput_writes_the_json_shape(tmp_path: Path):
+    import train_throughput
+
+    out = tmp_path / "cpu.json"
+    argv = [
+        "--steps",
+        "4",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--batch",
+        "16",
+        "--samples",
+        "256",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+    ]
+    result = train_throughput.main(argv)
+    assert json.loads(out.read_text()) == result
+    assert {
+        "model",
+        "batch",
+        "ours_samples_per_s",
+        "open_clip_train_samples_per_s",
+        "ratio",
+    } <= set(result)
+    assert result["batch"] == 16 and result["ratio"] > 0
