@@ -25,7 +25,9 @@ def identity(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         values = OmegaConf.to_container(cfg[section], resolve=True)
         assert isinstance(values, dict)
         skip = non_identity_fields(section)
-        out[section] = {k: v for k, v in sorted(values.items()) if k not in skip}
+        # An unset optional field (None) is left out, so adding one to the schema later does
+        # not change the id of every existing run.
+        out[section] = {k: v for k, v in sorted(values.items()) if k not in skip and v is not None}
     return out
 
 

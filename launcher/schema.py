@@ -61,6 +61,11 @@ class DataConfig:
     """Unique image-text pairs in the dataset."""
     shards: str = _not_identity(MISSING)
     """Brace pattern of the shards, e.g. ``/data/laion400m/{00000..41407}.tar``. Required to train."""
+    shard_weights: list[float] | None = None
+    """Weights of several shard lists: ``shards`` may join lists with ``::`` (open_clip_train's
+    ``--train-data "a::b"``); one weight per list, applied to each of its shards (open_clip's
+    ``--train-data-upsampling-factors``), so list i is drawn with probability proportional to
+    (its shards) x weight i. null: every shard alike."""
     synthetic: bool = False
     """True for the embedded default: the shards are generated from ``seed`` when missing."""
     seed: int = 0
@@ -102,6 +107,10 @@ class TrainConfig:
     max_nonfinite: int = _not_identity(5)
     """Non-finite losses in a row (each step skipped) before the run stops with NonFiniteLoss;
     its last good checkpoint stays."""
+    zeroshot_every: int = _not_identity(0)
+    """Steps between two evaluations on ``eval`` during training (open_clip's
+    ``--zeroshot-frequency``; 0: off). Each writes ``final: false`` records of a complete
+    checkpoint of that step (saved for it if it is not a checkpoint step): the learning curve."""
 
 
 @dataclass

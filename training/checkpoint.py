@@ -5,15 +5,17 @@ Layout (under ``<run_dir>/checkpoints/``):
 - ``step_%08d.pt``: an intermediate checkpoint after that many optimizer steps.
 - ``final.pt``: the checkpoint of the finished run (written once, never pruned).
 - ``<checkpoint>.done``: its completion marker, a small JSON record (``step``, ``samples_seen``,
-  ``final``, ``loss``, ``seconds``, ``file``). A checkpoint counts only once its marker exists:
-  the ``.pt`` file is written to a temporary name, fsynced and renamed, and only then is the
-  marker written (atomically too). A crash at any point leaves either a complete checkpoint
-  or files that :func:`latest` ignores (``.*.tmp`` or a ``.pt`` without marker).
+  ``final``, ``loss``, ``seconds``, ``skipped_samples``, ``skipped_shards``, ``file``). A
+  checkpoint counts only once its marker exists: the ``.pt`` file is written to a temporary
+  name, fsynced and renamed, and only then is the marker written (atomically too). A crash at
+  any point leaves either a complete checkpoint or files that :func:`latest` ignores
+  (``.*.tmp`` or a ``.pt`` without marker).
 
 A checkpoint file is open_clip_train's format (``epoch``, ``name``, ``state_dict``,
 ``optimizer``, so ``open_clip.create_model_and_transforms(arch, pretrained=path)`` loads it)
 plus ours: ``step``, ``samples_seen``, ``total_steps``, ``global_batch``, ``arch``, ``final``,
-``loss``, ``seconds`` (training wall-clock over all attempts), ``schedule`` (plain numbers),
+``loss``, ``seconds`` (training wall-clock over all attempts), ``skipped_samples`` and
+``skipped_shards`` (unreadable data the loader skipped), ``schedule`` (plain numbers),
 ``scaler`` (fp16 GradScaler state or None) and ``rng`` (every RNG state as tensors). It holds
 only tensors, numbers, strings and containers, so ``torch.load(weights_only=True)`` reads it.
 
@@ -96,7 +98,8 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def _marker_record(path: Path, state: dict[str, Any]) -> dict[str, Any]:
-    keys = ("step", "samples_seen", "final", "loss", "seconds", "resumed_from")
+    keys: tuple[str, ...] = ("step", "samples_seen", "final", "loss", "seconds", "resumed_from")
+    keys += ("skipped_samples", "skipped_shards")
     return {"file": path.name, **{k: state.get(k) for k in keys}}
 
 

@@ -10,12 +10,16 @@ which nothing at all is readable stops the run (:class:`SkipErrors`).
 from __future__ import annotations
 
 import functools
+import itertools
+import math
+import multiprocessing
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import braceexpand
 import torch
 import webdataset as wds
 from open_clip_train.data import filter_no_caption_or_no_image, tarfile_to_samples_nothrow
@@ -63,18 +67,51 @@ class _SeededShuffle(wds.PipelineStage):
         return _shuffle(src, self.bufsize, self.initial, rng)
 
 
+class SkipCounts:
+    """Samples and shards a pipeline skipped, shared by the loader's worker processes.
+
+    Counts what the loader read, including what its workers prefetched beyond the batches
+    consumed so far, so at any moment it may run a few batches ahead of the training step.
+    """
+
+    def __init__(self) -> None:
+        self._counts = multiprocessing.Array("q", 2)  # samples, shards; inherited by workers
+
+    def add(self, shard: bool) -> None:
+        with self._counts.get_lock():
+            self._counts[int(shard)] += 1
+
+    @property
+    def samples(self) -> int:
+        return int(self._counts[0])
+
+    @property
+    def shards(self) -> int:
+        return int(self._counts[1])
+
+
 class SkipErrors:
-    """Exception handler of the pipeline: warn and skip the shard or sample, without sleeping.
+    """Exception handler of the pipeline: warn, count and skip the shard or sample, no sleeping.
 
     ``wds.warn_and_continue`` sleeps 0.5 s per error, which with resampled shards turns a few
     missing shards into minutes of idling. After ``limit`` errors in a row with no good sample
-    in between (every shard unreadable), it raises instead of spinning forever.
+    in between (every shard unreadable), it raises instead of spinning forever. Errors go to
+    ``counts`` (a shard when raised while opening or reading a tar, else a sample).
     """
 
-    def __init__(self, limit: int = 1000):
+    def __init__(self, limit: int = 1000, counts: SkipCounts | None = None):
         self.limit, self.in_a_row = limit, 0
+        self.counts = counts if counts is not None else SkipCounts()
+
+    def shard(self, exn: Exception) -> bool:
+        """Handler of the stages that open and read tars: the rest of the shard is skipped."""
+        return self._skip(exn, shard=True)
 
     def __call__(self, exn: Exception) -> bool:
+        return self._skip(exn, shard=False)
+
+    def _skip(self, exn: Exception, shard: bool) -> bool:
+        self.counts.add(shard)
         self.in_a_row += 1
         if self.in_a_row >= self.limit:
             raise RuntimeError(
@@ -96,12 +133,51 @@ def _tokenize_batch(tokenizer: Callable[[list[str]], torch.Tensor], batch: tuple
     return images, tokenizer(list(texts))
 
 
-def check_shards(shards: str) -> list[str]:
-    """Expand the brace pattern; raise if no local shard exists (the stream would spin forever).
+def shard_urls(
+    shards: str, weights: Sequence[float] | None = None
+) -> tuple[list[str], list[float] | None]:
+    """Expand ``pattern1::pattern2...`` into shard URLs and, with ``weights``, their weights.
+
+    ``weights`` has one entry per ``::``-separated list and weighs each shard of that list, as
+    open_clip_train's ``--train-data-upsampling-factors``: list ``i`` is drawn with
+    probability proportional to (its number of shards) x ``weights[i]``. ValueError on a
+    count mismatch or weights that are negative or all zero.
+    """
+    lists = [list(braceexpand.braceexpand(p)) for p in shards.split("::")]
+    urls = [u for urls in lists for u in urls]
+    if weights is None:
+        return urls, None
+    weights = [float(w) for w in weights]
+    if len(weights) != len(lists):
+        raise ValueError(
+            f"data.shard_weights has {len(weights)} entries for {len(lists)} shard lists "
+            f"in data.shards={shards!r} (separated by '::')"
+        )
+    if any(w < 0 or not math.isfinite(w) for w in weights) or not any(weights):
+        raise ValueError(f"data.shard_weights={weights} must be finite, >= 0, not all 0")
+    return urls, [w for w, part in zip(weights, lists, strict=True) for _ in part]
+
+
+class _WeightedShards(wds.PipelineStage):
+    """``wds.ResampledShards`` drawing each shard with its weight (seeded per worker)."""
+
+    def __init__(self, urls: list[str], weights: list[float], seed: int):
+        self.urls, self.seed = urls, seed
+        self.cum_weights = list(itertools.accumulate(weights))
+
+    def run(self) -> Iterator[dict[str, str]]:
+        rng = random.Random(_worker_seed(self.seed))
+        while True:
+            yield {"url": rng.choices(self.urls, cum_weights=self.cum_weights)[0]}
+
+
+def check_shards(shards: str, weights: Sequence[float] | None = None) -> list[str]:
+    """Expand the brace pattern(s); raise if no local shard exists (the stream would spin
+    forever) or the weights do not fit (:func:`shard_urls`).
 
     Remote URLs (``pipe:``, ``s3://`` ...) are not checked.
     """
-    urls = wds.shardlists.expand_urls(shards)
+    urls, _ = shard_urls(shards, weights)
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
     if local and len(local) == len(urls) and not any(os.path.exists(u) for u in local):
         raise FileNotFoundError(f"data.shards: none of the {len(urls)} shards of {shards!r} exists")
@@ -116,15 +192,26 @@ def make_pipeline(
     seed: int,
     shuffle_size: int = SHUFFLE_SIZE,
     shuffle_initial: int = SHUFFLE_INITIAL,
+    counts: SkipCounts | None = None,
+    weights: Sequence[float] | None = None,
 ) -> wds.DataPipeline:
-    """Endless pipeline of ``(images [B,3,H,W], tokens [B,L])`` batches of exactly ``batch_size``."""
-    urls = check_shards(shards)
-    warn = SkipErrors()
-    return wds.DataPipeline(
-        wds.ResampledShards(
+    """Endless pipeline of ``(images [B,3,H,W], tokens [B,L])`` batches of exactly ``batch_size``.
+
+    ``shards`` may join several lists with ``::``, drawn with ``weights`` (:func:`shard_urls`).
+    Unreadable shards and samples are skipped and counted in ``counts`` when given.
+    """
+    check_shards(shards, weights)
+    urls, shard_weights = shard_urls(shards, weights)
+    warn = SkipErrors(counts=counts)
+    if shard_weights is None:
+        sampler = wds.ResampledShards(
             urls, worker_seed=functools.partial(_worker_seed, seed), deterministic=True
-        ),
-        functools.partial(tarfile_to_samples_nothrow, handler=warn),
+        )
+    else:
+        sampler = _WeightedShards(urls, shard_weights, seed)
+    return wds.DataPipeline(
+        sampler,
+        functools.partial(tarfile_to_samples_nothrow, handler=warn.shard),
         _SeededShuffle(seed, shuffle_size, min(shuffle_initial, shuffle_size)),
         wds.select(filter_no_caption_or_no_image),
         wds.decode("pilrgb", handler=warn),
@@ -149,6 +236,8 @@ def make_loader(
     """``wds.WebLoader`` over :func:`make_pipeline` with ``workers`` processes (0: in-process).
 
     Iterate it once and take as many batches as needed; the stream does not end by itself.
+    ``pipeline_kw`` goes to :func:`make_pipeline` (``counts=SkipCounts()`` counts what is
+    skipped, in every worker).
     """
     pipeline = make_pipeline(shards, preprocess, tokenizer, batch_size, seed, **pipeline_kw)
     return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=workers)

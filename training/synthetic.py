@@ -99,9 +99,15 @@ included, stands out."""
 # Nine places: name -> (x, y) centre as a fraction of the side. The margins keep a large
 # object mostly inside the frame.
 POSITIONS: dict[str, tuple[float, float]] = {
-    "top left": (0.25, 0.25), "top": (0.5, 0.25), "top right": (0.75, 0.25),
-    "left": (0.25, 0.5), "center": (0.5, 0.5), "right": (0.75, 0.5),
-    "bottom left": (0.25, 0.75), "bottom": (0.5, 0.75), "bottom right": (0.75, 0.75),
+    "top left": (0.25, 0.25),
+    "top": (0.5, 0.25),
+    "top right": (0.75, 0.25),
+    "left": (0.25, 0.5),
+    "center": (0.5, 0.5),
+    "right": (0.75, 0.5),
+    "bottom left": (0.25, 0.75),
+    "bottom": (0.5, 0.75),
+    "bottom right": (0.75, 0.75),
 }
 # Radius as a fraction of the side; a gap between the two ranges keeps "small" and "large"
 # well defined.
@@ -115,9 +121,7 @@ PLACE_WORDS = {
     "top": ("at the top", "on top"),
     "bottom": ("at the bottom", "on the bottom"),
 }
-POSITION_CLASSNAMES = [
-    PLACE_WORDS[p][0] if p in PLACE_WORDS else f"at the {p}" for p in POSITIONS
-]
+POSITION_CLASSNAMES = [PLACE_WORDS[p][0] if p in PLACE_WORDS else f"at the {p}" for p in POSITIONS]
 """Classes of synth_positions, in ``POSITIONS`` order: where the one drawn object is."""
 JOINERS = (" and ", ", ", " with ")
 PREFIXES = ("", "", "", "a picture of ", "a drawing of ", "an image of ", "a photo of ")
@@ -179,9 +183,15 @@ def _make_obj(rng: random.Random, position: str, size: str, shape: str, color: s
     lo, hi = SIZES[size]
     r, g, b = (min(255, max(0, round(v + rng.uniform(-22, 22)))) for v in COLORS[color])
     return Obj(
-        shape=shape, color=color, size=size, position=position,
-        cx=fx + rng.uniform(-0.04, 0.04), cy=fy + rng.uniform(-0.04, 0.04),
-        r=rng.uniform(lo, hi), angle=rng.uniform(-15, 15), rgb=(r, g, b),
+        shape=shape,
+        color=color,
+        size=size,
+        position=position,
+        cx=fx + rng.uniform(-0.04, 0.04),
+        cy=fy + rng.uniform(-0.04, 0.04),
+        r=rng.uniform(lo, hi),
+        angle=rng.uniform(-15, 15),
+        rgb=(r, g, b),
     )
 
 
@@ -200,8 +210,9 @@ def sample_scene(rng: random.Random, n_objects: int | None = None) -> Scene:
     # tell apart, so the tiny models cannot settle for colour and ignore the shape words.
     shared = rng.choice(list(COLORS)) if rng.random() < 0.4 else None
     objs = [
-        _make_obj(rng, p, rng.choice(list(SIZES)), rng.choice(SHAPES),
-                  shared or rng.choice(list(COLORS)))
+        _make_obj(
+            rng, p, rng.choice(list(SIZES)), rng.choice(SHAPES), shared or rng.choice(list(COLORS))
+        )
         for p in places
     ]
     objs.sort(key=lambda o: o.size != "large")
@@ -217,7 +228,9 @@ def class_scene(rng: random.Random, label: int) -> Scene:
 def position_scene(rng: random.Random, label: int) -> Scene:
     """A synth_positions scene: one object of any shape, colour and size at place ``label``."""
     place = list(POSITIONS)[label]
-    obj = _make_obj(rng, place, rng.choice(list(SIZES)), rng.choice(SHAPES), rng.choice(list(COLORS)))
+    obj = _make_obj(
+        rng, place, rng.choice(list(SIZES)), rng.choice(SHAPES), rng.choice(list(COLORS))
+    )
     return _scene(rng, [obj])
 
 
@@ -237,8 +250,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         pts = [(0.0, -1.3 * r), (0.8 * r, 0.0), (0.0, 1.3 * r), (-0.8 * r, 0.0)]
     elif shape == "cross":
         a, w = 1.1 * r, 0.38 * r
-        pts = [(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w),
-               (w, a), (-w, a), (-w, w), (-a, w), (-a, -w), (-w, -w)]
+        pts = [
+            (-w, -a),
+            (w, -a),
+            (w, -w),
+            (a, -w),
+            (a, w),
+            (w, w),
+            (w, a),
+            (-w, a),
+            (-w, w),
+            (-a, w),
+            (-a, -w),
+            (-w, -w),
+        ]
     else:
         raise ValueError(f"unknown shape {shape!r}")
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
@@ -332,9 +357,12 @@ def caption(rng: random.Random, scene: Scene, full: bool = False) -> str:
     rng.shuffle(objs)
     joiner, prefix = rng.choice(JOINERS), rng.choice(PREFIXES)
     parts = [
-        _Wording(o, rng.choice(SIZE_WORDS[o.size]) if rng.random() < p_size else None,
-                 _place_phrase(rng, o.position) if rng.random() < p_place else None,
-                 rng.random() < 0.3)
+        _Wording(
+            o,
+            rng.choice(SIZE_WORDS[o.size]) if rng.random() < p_size else None,
+            _place_phrase(rng, o.position) if rng.random() < p_place else None,
+            rng.random() < 0.3,
+        )
         for o in objs
     ]
     for i, p in enumerate(parts):
@@ -362,7 +390,10 @@ def scene_json(scene: Scene, image_size: int) -> dict[str, Any]:
         "background": scene.background,
         "objects": [
             {
-                "shape": o.shape, "color": o.color, "size": o.size, "position": o.position,
+                "shape": o.shape,
+                "color": o.color,
+                "size": o.size,
+                "position": o.position,
                 "center": [round(o.cx * image_size, 2), round(o.cy * image_size, 2)],
                 "radius": round(o.r * image_size, 2),
             }
@@ -402,7 +433,7 @@ def _clean_stale_tmp(out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)  # set aside for deletion by a run killed since
     prefix = _tmp_prefix(out_dir)
     for tmp in out_dir.parent.glob(prefix + "*"):
-        pid = tmp.name[len(prefix):].split("-")[0]
+        pid = tmp.name[len(prefix) :].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -471,8 +502,14 @@ def train_sample(seed: int, index: int, image_size: int) -> list[tuple[str, byte
     scene = sample_scene(rng)
     text = caption(rng, scene)
     key = f"{index:09d}"
-    meta = {"key": key, "caption": text, "width": image_size, "height": image_size,
-            "status": "success", **scene_json(scene, image_size)}
+    meta = {
+        "key": key,
+        "caption": text,
+        "width": image_size,
+        "height": image_size,
+        "status": "success",
+        **scene_json(scene, image_size),
+    }
     return [
         (f"{key}.jpg", render(scene, image_size, rng)),
         (f"{key}.txt", text.encode()),
@@ -493,17 +530,26 @@ def generate_train(
     shard paths.
     """
     if num_samples < 1 or shard_size < 1:
-        raise ValueError(f"num_samples and shard_size must be positive, got {num_samples}, {shard_size}")
+        raise ValueError(
+            f"num_samples and shard_size must be positive, got {num_samples}, {shard_size}"
+        )
     out_dir = Path(out_dir)
     n_shards = math.ceil(num_samples / shard_size)
-    args = {"kind": "train", "num_samples": num_samples, "seed": seed, "image_size": image_size,
-            "shard_size": shard_size, "version": GENERATOR_VERSION}
+    args = {
+        "kind": "train",
+        "num_samples": num_samples,
+        "seed": seed,
+        "image_size": image_size,
+        "shard_size": shard_size,
+        "version": GENERATOR_VERSION,
+    }
 
     def fill(folder: Path) -> None:
         for s in range(n_shards):
             idx = range(s * shard_size, min((s + 1) * shard_size, num_samples))
-            _write_tar(folder / f"{s:05d}.tar",
-                       (m for i in idx for m in train_sample(seed, i, image_size)))
+            _write_tar(
+                folder / f"{s:05d}.tar", (m for i in idx for m in train_sample(seed, i, image_size))
+            )
 
     build_atomically(out_dir, args, fill)
     return [out_dir / f"{s:05d}.tar" for s in range(n_shards)]
@@ -513,8 +559,9 @@ def generate_train(
 # Evaluation sets
 
 
-def _classification_members(stream: str, seed: int, n: int, image_size: int, style: str
-                            ) -> Iterator[tuple[str, bytes]]:
+def _classification_members(
+    stream: str, seed: int, n: int, image_size: int, style: str
+) -> Iterator[tuple[str, bytes]]:
     for i in range(n):
         rng = _rng(stream, seed, i)
         label = i % len(CLASSNAMES)  # balanced classes
@@ -523,8 +570,9 @@ def _classification_members(stream: str, seed: int, n: int, image_size: int, sty
         yield f"s{i:07d}.cls", str(label).encode()
 
 
-def _position_members(stream: str, seed: int, n: int, image_size: int
-                      ) -> Iterator[tuple[str, bytes]]:
+def _position_members(
+    stream: str, seed: int, n: int, image_size: int
+) -> Iterator[tuple[str, bytes]]:
     for i in range(n):
         rng = _rng(stream, seed, i)
         label = i % len(POSITIONS)
@@ -532,8 +580,9 @@ def _position_members(stream: str, seed: int, n: int, image_size: int
         yield f"s{i:07d}.cls", str(label).encode()
 
 
-def _retrieval_members(seed: int, n: int, image_size: int, captions_per_image: int
-                       ) -> Iterator[tuple[str, bytes]]:
+def _retrieval_members(
+    seed: int, n: int, image_size: int, captions_per_image: int
+) -> Iterator[tuple[str, bytes]]:
     for i in range(n):
         rng = _rng(STREAM_SCENES, seed, i)
         scene = sample_scene(rng)
@@ -544,8 +593,9 @@ def _retrieval_members(seed: int, n: int, image_size: int, captions_per_image: i
         yield f"s{i:07d}.txt", "\n".join(texts).encode()
 
 
-def _wds_fill(splits: Mapping[str, Iterable[tuple[str, bytes]]], meta: dict[str, str]
-              ) -> Callable[[Path], None]:
+def _wds_fill(
+    splits: Mapping[str, Iterable[tuple[str, bytes]]], meta: dict[str, str]
+) -> Callable[[Path], None]:
     """A ``fill`` writing clip_benchmark's wds layout: one shard per split plus metadata files."""
 
     def fill(folder: Path) -> None:
@@ -555,12 +605,16 @@ def _wds_fill(splits: Mapping[str, Iterable[tuple[str, bytes]]], meta: dict[str,
             atomic_write_text(folder / split / "nshards.txt", "1\n")
         for name, text in meta.items():
             atomic_write_text(folder / name, text)
+
     return fill
 
 
 def generate_eval(
-    out_dir: str | Path, seed: int = 1234, image_size: int = 32,
-    n_classification: int = 1000, n_retrieval: int = 1000,
+    out_dir: str | Path,
+    seed: int = 1234,
+    image_size: int = 32,
+    n_classification: int = 1000,
+    n_retrieval: int = 1000,
 ) -> dict[str, Path]:
     """Write the four held-out sets under ``out_dir/<name>/`` in clip_benchmark's wds layout.
 
@@ -575,24 +629,42 @@ def generate_eval(
     """
     out_dir = Path(out_dir)
     base = {"seed": seed, "image_size": image_size, "version": GENERATOR_VERSION}
-    cls_meta = {"classnames.txt": "\n".join(CLASSNAMES) + "\n",
-                "zeroshot_classification_templates.txt": "\n".join(TEMPLATES) + "\n",
-                "dataset_type.txt": "classification\n"}
+    cls_meta = {
+        "classnames.txt": "\n".join(CLASSNAMES) + "\n",
+        "zeroshot_classification_templates.txt": "\n".join(TEMPLATES) + "\n",
+        "dataset_type.txt": "classification\n",
+    }
     # Generators are lazy: a set whose marker already matches never draws a picture.
-    pos_meta = {"classnames.txt": "\n".join(POSITION_CLASSNAMES) + "\n",
-                "zeroshot_classification_templates.txt": "\n".join(POSITION_TEMPLATES) + "\n",
-                "dataset_type.txt": "classification\n"}
+    pos_meta = {
+        "classnames.txt": "\n".join(POSITION_CLASSNAMES) + "\n",
+        "zeroshot_classification_templates.txt": "\n".join(POSITION_TEMPLATES) + "\n",
+        "dataset_type.txt": "classification\n",
+    }
     n = n_classification
     sets = {
-        "synth_shapes": (n, cls_meta, {"test": _classification_members(
-            STREAM_SHAPES, seed, n, image_size, "filled")}),
-        "synth_shapes_outline": (n, cls_meta, {"test": _classification_members(
-            STREAM_OUTLINE, seed, n, image_size, "outline")}),
-        "synth_positions": (n, pos_meta, {
-            "test": _position_members(f"{STREAM_POSITIONS}/test", seed, n, image_size),
-            "train": _position_members(f"{STREAM_POSITIONS}/train", seed, n, image_size)}),
-        "synth_scenes": (n_retrieval, {"dataset_type.txt": "retrieval\n"},
-                         {"test": _retrieval_members(seed, n_retrieval, image_size, 2)}),
+        "synth_shapes": (
+            n,
+            cls_meta,
+            {"test": _classification_members(STREAM_SHAPES, seed, n, image_size, "filled")},
+        ),
+        "synth_shapes_outline": (
+            n,
+            cls_meta,
+            {"test": _classification_members(STREAM_OUTLINE, seed, n, image_size, "outline")},
+        ),
+        "synth_positions": (
+            n,
+            pos_meta,
+            {
+                "test": _position_members(f"{STREAM_POSITIONS}/test", seed, n, image_size),
+                "train": _position_members(f"{STREAM_POSITIONS}/train", seed, n, image_size),
+            },
+        ),
+        "synth_scenes": (
+            n_retrieval,
+            {"dataset_type.txt": "retrieval\n"},
+            {"test": _retrieval_members(seed, n_retrieval, image_size, 2)},
+        ),
     }
     for name, (size, meta, splits) in sets.items():
         build_atomically(out_dir / name, {"kind": name, "n": size, **base}, _wds_fill(splits, meta))
@@ -625,8 +697,10 @@ def _synthetic_eval_parents(cfg: Any) -> list[Path]:
         if not root.is_relative_to(eval_root):
             continue  # real data: never touched
         if root.name not in EVAL_SETS:
-            raise ValueError(f"eval dataset {entry.name!r}: {entry.root} is under the synthetic "
-                             f"eval folder but is none of {EVAL_SETS}")
+            raise ValueError(
+                f"eval dataset {entry.name!r}: {entry.root} is under the synthetic "
+                f"eval folder but is none of {EVAL_SETS}"
+            )
         if root.parent not in parents:
             parents.append(root.parent)
     return parents

@@ -12,7 +12,10 @@ DDP with ``ClipLoss(local_loss=True, gather_with_grad=True)``; each rank reads i
 
 A SIGTERM or SIGUSR2 makes the run checkpoint at the next step boundary and raise
 :class:`Preempted`; a non-finite loss skips its step, and ``train.max_nonfinite`` of them in a
-row raise :class:`NonFiniteLoss`, keeping the last good checkpoint.
+row raise :class:`NonFiniteLoss`, keeping the last good checkpoint. With
+``train.zeroshot_every`` > 0 the run is evaluated on ``cfg.eval`` every that many steps
+(records with ``final: false``: the learning curve). Unreadable shards and samples the loader
+skips are counted (``skipped_samples``, ``skipped_shards`` in the log and the checkpoints).
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ from training.io import append_jsonl
 log = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
-"""One JSON line per ``train.log_every`` steps (and the last) in the run folder."""
+"""One JSON line per ``train.log_every`` steps (and the last) in the run folder: step,
+samples_seen, loss, loss_avg, lr, logit_scale, samples_per_s(_per_gpu), mfu, eta_s,
+nonfinite_skipped, loss_spikes, skipped_samples, skipped_shards (the last two count what the
+loader read, which may run a few batches ahead of the step)."""
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 """What SLURM sends before a time limit or a preemption."""
@@ -320,6 +326,19 @@ class _Run:
     seconds_before: float = 0.0
     resumed_from: int | None = None
     started: float = field(default_factory=time.perf_counter)
+    skipped_closed: list[int] = field(default_factory=lambda: [0, 0])
+    """Samples and shards skipped in data segments whose loaders are closed."""
+    skip_counts: dict[int, data.SkipCounts] = field(default_factory=dict)
+    """Skip counters of the open data segments, by segment."""
+
+    def skipped(self, before_segment: int | None = None) -> list[int]:
+        """``[samples, shards]`` skipped so far (only in segments before ``before_segment``)."""
+        total = list(self.skipped_closed)
+        for segment, counts in self.skip_counts.items():
+            if before_segment is None or segment < before_segment:
+                total[0] += counts.samples
+                total[1] += counts.shards
+        return total
 
     @property
     def samples_seen(self) -> int:
@@ -355,7 +374,14 @@ class _Run:
                 "total_steps": self.plan.total_steps,
                 "lr": float(self.optimizer.param_groups[0]["lr"]),
             },
-            "data": {"segment_steps": data.SEGMENT_STEPS, "world": self.plan.world},
+            "skipped_samples": self.skipped()[0],
+            "skipped_shards": self.skipped()[1],
+            "data": {
+                "segment_steps": data.SEGMENT_STEPS,
+                "world": self.plan.world,
+                # A resume replays the current segment, which counts its skips again.
+                "skipped_before_segment": self.skipped(self.step // data.SEGMENT_STEPS),
+            },
             "rng": checkpoint.rng_state(),
         }
 
@@ -402,6 +428,7 @@ def _resume(run: _Run) -> None:
         checkpoint.set_rng_state(state["rng"])
     run.step, run.loss = int(state["step"]), float(state["loss"])
     run.nonfinite = int(state.get("nonfinite_skipped", 0))
+    run.skipped_closed = [int(x) for x in state["data"].get("skipped_before_segment", [0, 0])]
     run.seconds_before, run.resumed_from = float(state["seconds"]), run.step
     log.info("resuming %s from step %d (%s)", run.run_dir.name, run.step, path.name)
 
@@ -419,6 +446,7 @@ def _batches(run: _Run, preprocess: Any, tokenizer: Any) -> Generator[list, None
     input_dtype = get_input_dtype(cfg.model.precision)
 
     def start(segment: int) -> Iterator[Any]:
+        run.skip_counts[segment] = data.SkipCounts()
         loader = data.make_loader(
             cfg.data.shards,
             preprocess,
@@ -426,6 +454,8 @@ def _batches(run: _Run, preprocess: Any, tokenizer: Any) -> Generator[list, None
             plan.local_batch,
             int(cfg.train.workers),
             seed=data.stream_seed(int(cfg.train.seed), segment, run.dist.rank),
+            counts=run.skip_counts[segment],
+            weights=cfg.data.get("shard_weights"),
         )
         return iter(loader)
 
@@ -444,6 +474,11 @@ def _batches(run: _Run, preprocess: Any, tokenizer: Any) -> Generator[list, None
             yield group
         # Dropping the last reference shuts the finished segment's loader workers down.
         it, segment, offset = following, segment + 1, 0
+        done = run.skip_counts.pop(segment - 1)
+        run.skipped_closed = [
+            run.skipped_closed[0] + done.samples,
+            run.skipped_closed[1] + done.shards,
+        ]
 
 
 def peak_flops(cfg: DictConfig, device: torch.device) -> float:
@@ -495,6 +530,8 @@ class _Meter:
             "eta_s": (run.plan.total_steps - run.step) * per_step,
             "nonfinite_skipped": run.nonfinite,
             "loss_spikes": self.spikes,
+            "skipped_samples": run.skipped()[0],
+            "skipped_shards": run.skipped()[1],
         }
         self.last_step, self.last_time = run.step, now
         self.loss_sum, self.finite_steps = 0.0, 0
@@ -586,23 +623,57 @@ def _loop(run: _Run, preprocess: Any, tokenizer: Any, stop: _StopFlag) -> None:
             if not last and stop.requested(run.dist, run.device):
                 path = run.save(final=False)
                 raise Preempted(run.step, path, stop.signum or 0)
+            saved = None
             if (
                 not last
                 and in_a_row == 0
                 and t.checkpoint_every > 0
                 and run.step % t.checkpoint_every == 0
             ):
-                run.save(final=False)
+                saved = run.save(final=False)
+            zeroshot_every = int(t.get("zeroshot_every", 0))
+            if not last and zeroshot_every > 0 and run.step % zeroshot_every == 0:
+                began = time.perf_counter()
+                _zeroshot(run, saved, in_a_row)
+                meter.last_time += time.perf_counter() - began  # not training throughput
     finally:
         batches.close()  # shuts the loader's worker processes down
         if bar is not None:
             bar.close()
 
 
+def _zeroshot(run: _Run, saved: Path | None, in_a_row: int) -> None:
+    """Evaluate this step's checkpoint on ``cfg.eval`` (records with ``final: false``).
+
+    The step is checkpointed first when it is not a checkpoint step (``keep_checkpoints`` may
+    prune it later; its records stay). Rank 0 evaluates while the others wait. Evaluation
+    builds a model (drawing from torch's RNG), so every RNG state is restored afterwards: the
+    run's batches and weights do not depend on ``train.zeroshot_every``.
+    """
+    if in_a_row:  # the weights are those of an earlier step, already evaluated or not
+        log.warning(
+            "%s step %d: zero-shot evaluation skipped (non-finite loss)", run.run_dir.name, run.step
+        )
+        return
+    path = saved if saved is not None else run.save(final=False)
+    if run.dist.main:
+        from evaluation.evaluate import evaluate
+
+        rng = checkpoint.rng_state()
+        try:
+            evaluate(run.cfg, run.run_dir, path, run.step, final=False)
+        finally:
+            checkpoint.set_rng_state(rng)
+            run.model.train()
+    if run.dist.world > 1:
+        dist.barrier()
+
+
 def _build(cfg: DictConfig, run_dir: Path, dist_: Dist) -> tuple[_Run, Any, Any]:
     """Model, optimizer and the run's state, resumed from its newest checkpoint if any."""
     plan = make_plan(cfg, dist_.world)
-    data.check_shards(cfg.data.shards)  # fail in a second, before building the model
+    # Fail in a second, before building the model.
+    data.check_shards(cfg.data.shards, cfg.data.get("shard_weights"))
     device = pick_device()
     seed_everything(int(cfg.train.seed))  # the same initial weights on every rank
     model, preprocess, _, tokenizer = models.create_model(
