@@ -74,9 +74,25 @@ class Report:
         if self.problems:
             lines.append("problems:")
             lines += [f"  - {p}" for p in self.problems]
-        lines.append("written:" if self.written else "nothing written")
-        lines += [f"  {p}" for p in self.written]
+        lines += _written_lines(self.written)
         return "\n".join(lines)
+
+
+def _written_lines(written: list[Path]) -> list[str]:
+    """The report and tables by path, the figures as one glob per kind: a terminal-sized list."""
+    if not written:
+        return ["nothing written"]
+    folder = written[0].parent
+    out = [f"written {len(written)} files to {folder}/:"]
+    named = [p for p in written if p.name in ("report.html", "fits.csv", "points.csv")]
+    out += [f"  {p}" for p in named]
+    kinds: dict[str, int] = {}
+    for p in written:
+        if p.suffix == ".png":
+            kind = p.name.split("_", 1)[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+    out += [f"  {folder}/{kind}_*.png (and .svg): {n} figures" for kind, n in kinds.items()]
+    return out
 
 
 def _fmt(v: float, spec: str = ".3f") -> str:

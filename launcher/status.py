@@ -1,35 +1,89 @@
 """Status of a sweep at a glance: ``python -m launcher.status --sweep demo [--root runs]``.
 
-One row per point (state, samples seen / total, age of the newest checkpoint, last error) and
-totals, read from the run folders alone: nothing is launched, and it works while runs go on.
+One row per point (state, samples seen / total, age of the newest checkpoint, SLURM job id, last
+error) and totals. It reads the run folders, plus, for points submitted to SLURM, the queue
+(one ``squeue`` call) and accounting for jobs that left it (one ``sacct`` call): a submitted point
+shows ``pending``, ``running`` or ``requeued`` while SLURM holds it, and SLURM's verdict
+(``failed``, ``cancelled``) when its job ended without the run folder knowing. Nothing is
+launched; without SLURM it shows the run folders' states alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from launcher import rundir, slurm
+from launcher.plan import fmt_count
+from launcher.sweep import SweepError, load_sweep, sweep_file
 
-from launcher import rundir, schema
-from launcher.plan import Point, fmt_count, make_point
-from launcher.sweep import SweepError, load_sweep
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
 
 
-def sweep_points(name: str, overrides: list[str]) -> list[Point]:
-    """Compose every point of sweep ``name`` (plus ``overrides``) without running anything."""
+@dataclass
+class Entry:
+    """What status needs of a point: its run folder and the samples it will have seen."""
+
+    run_id: str
+    run_dir: Path
+    samples_seen: int
+
+    @property
+    def state(self) -> str:
+        return rundir.state(self.run_dir)
+
+
+def _plan_key(name: str, overrides: list[str]) -> str:
+    """Hash of everything a point's run id and size follow from: the sweep file, the overrides,
+    every config file and the identity code. A change to any of them recomposes the sweep."""
+    h = hashlib.sha256(json.dumps([name, overrides]).encode())
+    files = [sweep_file(name), REPO / "launcher" / "identity.py", REPO / "launcher" / "schema.py",
+             *sorted(CONF.rglob("*.yaml"))]
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def sweep_points(name: str, overrides: list[str], root: Path) -> list[Entry]:
+    """Every point of sweep ``name`` (plus ``overrides``), without running anything.
+
+    Composing a point through Hydra takes tens of milliseconds, too slow for a 1000-point
+    status; the (run id, samples) list is therefore cached under ``<root>/_status/`` keyed by
+    :func:`_plan_key`, and recomposed only when the sweep or the configuration changed."""
+    key = _plan_key(name, overrides)
+    cache = root / "_status" / f"plan-{key}.json"
+    try:
+        rows = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        rows = _compose_points(name, overrides)
+        from training.io import atomic_write_json
+
+        try:
+            atomic_write_json(cache, rows)
+        except OSError:
+            pass  # a read-only root: status still works, just slower
+    return [Entry(r, root / r, int(n)) for r, n in rows]
+
+
+def _compose_points(name: str, overrides: list[str]) -> list[tuple[str, int]]:
+    from hydra import compose, initialize_config_dir
+
+    from launcher import schema
+    from launcher.plan import make_point
+
     schema.register()
-    points: dict[str, Point] = {}
+    points: dict[str, int] = {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for ov in load_sweep(name):
             p = make_point(ov, compose("config", overrides=[*ov, *overrides]))
-            points.setdefault(p.run_id, p)
-    return list(points.values())
+            points.setdefault(p.run_id, p.samples_seen)
+    return list(points.items())
 
 
 def _progress(path: Path) -> int:
@@ -52,15 +106,38 @@ def _checkpoint_age(path: Path) -> str:
     return f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m" if age >= 60 else f"{age:.0f}s"
 
 
-def status_table(points: list[Point]) -> str:
-    cols = ("run id", "state", "samples seen", "ckpt age", "last error")
+STATES = ("new", "pending", "running", "requeued", "partial", "done", "failed", "cancelled")
+
+
+def live_states(points: list[Entry]) -> list[tuple[str, str | None]]:
+    """(state, job id) per point: the run folder's state refined by squeue/sacct."""
+    infos = [slurm.job_info(p.run_dir) for p in points]
+    jobs = [j for j, _ in infos]
+    run_states = [rundir.state(p.run_dir) for p in points]
+    squeue: dict[str, str] = {}
+    sacct: dict[str, str] = {}
+    if any(j for j, st in zip(jobs, run_states, strict=True) if st not in ("done", "failed", "cancelled")):
+        try:
+            squeue = slurm.queue()
+        except slurm.SlurmError as e:
+            print(f"warning: {e}; states come from the run folders alone", file=sys.stderr)
+        gone = [j for j, st in zip(jobs, run_states, strict=True)
+                if j and j not in squeue and st not in ("done", "failed", "cancelled")]
+        sacct = slurm.accounting(gone)
+    return [(slurm.live_state(st, j, squeue, sacct, last), j)
+            for st, (j, last) in zip(run_states, infos, strict=True)]
+
+
+def status_table(points: list[Entry]) -> str:
+    cols = ("run id", "state", "samples seen", "ckpt age", "job", "last error")
     body = []
-    for p in points:
-        seen = p.samples_seen if p.state == "done" else _progress(p.run_dir)
-        err = rundir.last_error(p.run_dir) if p.state == "failed" else None
-        body.append((p.run_id, p.state, f"{fmt_count(seen)} / {fmt_count(p.samples_seen)}",
-                     _checkpoint_age(p.run_dir), (err or "")[:80]))
-    counts = {s: sum(p.state == s for p in points) for s in rundir.STATES}
+    states = live_states(points)
+    for p, (st, jid) in zip(points, states, strict=True):
+        seen = p.samples_seen if st == "done" else _progress(p.run_dir)
+        err = rundir.last_error(p.run_dir) if st == "failed" else None
+        body.append((p.run_id, st, f"{fmt_count(seen)} / {fmt_count(p.samples_seen)}",
+                     _checkpoint_age(p.run_dir), jid or "-", (err or "")[:80]))
+    counts = {s: sum(st == s for st, _ in states) for s in STATES}
     widths = [max(len(r[i]) for r in [cols, *body]) for i in range(len(cols))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
     total = f"{len(points)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -74,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="extra config overrides applied to every point")
     args = ap.parse_args(argv)
     try:
-        points = sweep_points(args.sweep, [f"root={args.root}", *args.overrides])
+        root = Path(args.root).expanduser().resolve()
+        points = sweep_points(args.sweep, [f"root={root}", *args.overrides], root)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -61,6 +61,10 @@ class ClipscaleSweeper(Sweeper):
             raise SystemExit(2) from None
         if not todo:
             return []
+        if hasattr(self.launcher, "set_plan"):  # the SLURM launcher reuses the checked points
+            self.launcher.set_plan(todo)
         returns = self.launcher.launch([p.overrides for p in todo], initial_job_idx=0)
+        if getattr(self.launcher, "submit_only", False):  # submitted, not run: nothing to report
+            return returns
         report_returns(todo, returns)
         return returns

@@ -1,0 +1,1 @@
+"""clipscale's SLURM launcher: hydra-submitit-launcher's SlurmLauncher that submits and returns."""

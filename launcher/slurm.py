@@ -1,0 +1,166 @@
+"""SLURM side of a sweep: the submission manifest, the queue, accounting, and cancelling.
+
+A point submitted to SLURM is recorded twice, both atomically: a ``submitted`` event with its
+job id in the run's ``status.jsonl`` (so the run folder alone says which job owns it), and a
+line in the sweep manifest ``<root>/_slurm/<sweep>.json`` (point -> run id -> job id, the view
+an operator wants). The queue is read with one ``squeue`` call and, for jobs that left it, one
+``sacct`` call, so status over a large sweep stays fast.
+
+    python -m launcher.slurm cancel --root runs [RUN_ID ...]   # cancel a sweep's jobs (all or some)
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from launcher import rundir
+from training.io import atomic_write_json
+
+# SLURM job states -> the sweep's states (sacct/squeue long names)
+ACTIVE = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "requeued",
+          "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued", "RESV_DEL_HOLD": "pending",
+          "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running",
+          "STAGE_OUT": "running", "SIGNALING": "running", "RESIZING": "running"}
+ENDED = {"COMPLETED": "done", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "failed",
+         "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed",
+         "DEADLINE": "failed", "PREEMPTED": "requeued"}
+JOB_EVENTS = ("submitted", "start", "requeued", "preempted")  # events that carry the job id owning a run
+
+
+class SlurmError(RuntimeError):
+    """SLURM cannot be reached or refused a request; the message is SLURM's own."""
+
+
+def _run(cmd: list[str], timeout: float = 30) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as e:
+        raise SlurmError(f"{cmd[0]} not found: is this a SLURM login node?") from e
+    except subprocess.TimeoutExpired as e:
+        raise SlurmError(f"{' '.join(cmd)}: no answer in {timeout:.0f} s (slurmctld down?)") from e
+    if out.returncode != 0:
+        raise SlurmError(f"{' '.join(cmd)}: {(out.stderr or out.stdout).strip()}")
+    return out.stdout
+
+
+def queue() -> dict[str, str]:
+    """Job id -> SLURM state of this user's queued and running jobs, array tasks expanded
+    (``123_4``). Raises :class:`SlurmError` when slurmctld does not answer."""
+    out = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"])
+    jobs = {}
+    for line in out.splitlines():
+        jid, _, st = line.strip().partition("|")
+        if jid:
+            jobs[jid] = st
+    return jobs
+
+
+def accounting(job_ids: Iterable[str]) -> dict[str, str]:
+    """Job id -> final SLURM state from ``sacct`` (empty when accounting is unavailable)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    try:
+        out = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)])
+    except SlurmError:
+        return {}
+    jobs = {}
+    for line in out.splitlines():
+        jid, _, st = line.strip().partition("|")
+        if jid:
+            jobs[jid] = st.split()[0] if st else st  # "CANCELLED by 0" -> "CANCELLED"
+    return jobs
+
+
+def job_id(path: Path) -> str | None:
+    """The SLURM job id that last owned the run folder ``path`` (from its status log)."""
+    return job_info(path)[0]
+
+
+def job_info(path: Path) -> tuple[str | None, str | None]:
+    """(job id that last owned the run folder, its status log's last event)."""
+    evs = rundir.events(path)
+    last = evs[-1].get("event") if evs else None
+    for ev in reversed(evs):
+        if ev.get("event") in JOB_EVENTS and ev.get("job_id"):
+            return str(ev["job_id"]), last
+    return None, last
+
+
+def live_state(run_state: str, jid: str | None, squeue: dict[str, str], sacct: dict[str, str],
+               last_event: str | None = None) -> str:
+    """A point's state from its run folder's state and SLURM's view of its job.
+
+    The run folder wins once it says done/failed/cancelled; a queued job shows as pending,
+    running or requeued; a job that ended without the run folder knowing (killed, node lost,
+    cancelled before it started) shows as SLURM's verdict."""
+    if run_state in ("done", "failed", "cancelled") or jid is None:
+        return run_state
+    if jid in squeue:
+        st = ACTIVE.get(squeue[jid], "running")
+        return "requeued" if st == "pending" and last_event in ("requeued", "preempted") else st
+    ended = ENDED.get(sacct.get(jid, ""))
+    if ended and ended != "done":
+        return ended
+    return run_state
+
+
+def manifest_path(root: str | Path, sweep: str | None) -> Path:
+    return Path(root).expanduser().resolve() / "_slurm" / f"{sweep or 'cli'}.json"
+
+
+def update_manifest(path: Path, entries: dict[str, dict[str, Any]]) -> None:
+    """Merge ``entries`` (run id -> {overrides, job_id, ...}) into the manifest, atomically."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {"points": {}}
+    doc.setdefault("points", {}).update(entries)
+    doc["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_json(path, doc)
+
+
+def cancel(root: Path, run_ids: list[str] | None = None) -> list[str]:
+    """``scancel`` the jobs of the runs under ``root`` (all, or ``run_ids``) that SLURM still
+    holds, and log ``cancelled`` in their run folders; returns the run ids cancelled."""
+    squeue = queue()
+    chosen = [root / r for r in run_ids] if run_ids else sorted(p for p in root.iterdir()
+                                                                if (p / "status.jsonl").exists())
+    hits = {}
+    for path in chosen:
+        jid = job_id(path)
+        if jid and jid in squeue and rundir.state(path) not in ("done", "failed", "cancelled"):
+            hits[path] = jid
+    if hits:
+        _run(["scancel", *sorted(set(hits.values()))])
+    for path, jid in hits.items():
+        rundir.log_event(path, "cancelled", job_id=jid, by="launcher.slurm cancel")
+    return [p.name for p in hits]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m launcher.slurm", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cancel", help="cancel the queued/running jobs of a root's runs (all, or those named)")
+    c.add_argument("--root", default="runs")
+    c.add_argument("run_ids", nargs="*")
+    args = ap.parse_args(argv)
+    try:
+        done = cancel(Path(args.root).expanduser().resolve(), args.run_ids or None)
+    except SlurmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"cancelled {len(done)} point(s)" + "".join(f"\n  {r}" for r in done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
