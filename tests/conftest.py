@@ -31,3 +31,22 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
             return compose("config", overrides=[*base, *overrides])
 
     return _make
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from 2 threads, and lose 10x when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A few tiny img2dataset-style shards (``test_training.write_shards``), made once a module."""
+    from test_training import write_shards
+
+    return write_shards(tmp_path_factory.mktemp("shards"))

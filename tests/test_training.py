@@ -49,20 +49,6 @@ def write_shards(folder: Path, n_shards: int = 2, per_shard: int = 128) -> str:
     return str(folder / f"{{00000..{n_shards - 1:05d}}}.tar")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from 2 threads, and lose 10x when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return write_shards(tmp_path_factory.mktemp("shards"))
-
-
 def make_cfg(shards: str, **over: object) -> DictConfig:
     """The typed config (schema.Config) shrunk to a few CPU steps; ``over``: dotted overrides."""
     cfg = OmegaConf.structured(schema.Config)

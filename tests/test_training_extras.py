@@ -20,19 +20,6 @@ from training import checkpoint, data, models
 from training.train import LOG_FILE, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return write_shards(tmp_path_factory.mktemp("shards"))
-
-
 def _records(run_dir: Path) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
     for f in sorted((run_dir / "eval").glob("step_*/*.json")):

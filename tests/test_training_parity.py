@@ -21,7 +21,7 @@ import torch
 from open_clip import ClipLoss
 from open_clip_train.scheduler import cosine_lr
 from open_clip_train.train import train_one_epoch
-from test_training import make_cfg, write_shards
+from test_training import make_cfg
 
 from training import checkpoint, data, models
 from training.train import LOG_FILE, seed_everything, train
@@ -30,19 +30,6 @@ STEPS = 20
 ATOL = 1e-6
 """Absolute tolerance on weights and losses (fp32; the measured difference is 0)."""
 RTOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return write_shards(tmp_path_factory.mktemp("shards"))
 
 
 class _RecordingLoss(ClipLoss):

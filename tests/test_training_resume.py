@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_training import make_cfg, write_shards
+from test_training import make_cfg
 
 from training import checkpoint, data
 from training.train import train
@@ -64,19 +64,6 @@ except T.Preempted as e:
     print("PREEMPTED", e.step, e.checkpoint, flush=True)
     sys.exit(T.PREEMPTED_EXIT_CODE)
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return write_shards(tmp_path_factory.mktemp("shards"))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import training.train as T
 from training import checkpoint
 
 # The resume tests' fixtures: the same run, and the weights of its uninterrupted twin.
-one_thread, shards, cfg, straight = resume.one_thread, resume.shards, resume.cfg, resume.straight
+cfg, straight = resume.cfg, resume.straight  # module fixtures shared with the resume tests
 
 
 def test_sigterm_checkpoints_at_step_boundary_and_exits_with_preempted(
