@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evaluation.export import REFERENCE_COLUMNS as CSV_COLUMNS
+
 REFERENCE_DIR = Path(__file__).parent / "reference"
 PAPER_CSV = REFERENCE_DIR / "zeroshot_results.csv"
 
@@ -41,18 +43,11 @@ METRIC_COLUMNS = (
     "text_retrieval_recall@10",
     "mean_average_precision",
 )
-REFERENCE_COLUMNS = (
-    "arch",
-    "samples_seen",
-    "gmacs_total",
-    "gmacs",
-    "upstream_dataset",
-    "downstream_dataset",
-    *METRIC_COLUMNS,
-    "task",
-    "samples_seen_pretty",
-    "name",
-)
+# The reference CSV's own columns come from the export, which writes that shape; the frame
+# carries every recall@K, where the CSV has only @5.
+_HEAD = CSV_COLUMNS[: CSV_COLUMNS.index("acc1")]
+_TAIL = CSV_COLUMNS[CSV_COLUMNS.index("mean_average_precision") + 1 :]
+REFERENCE_COLUMNS = (*_HEAD, *METRIC_COLUMNS, *_TAIL)
 EXTRA_COLUMNS = ("family", "model_label", "data_label", "run_id", "step", "final", "source")
 COLUMNS = REFERENCE_COLUMNS + EXTRA_COLUMNS
 
