@@ -103,6 +103,10 @@ def check(point: Point, need_data: bool = True) -> None:
     for key in ("model.global_batch", "model.local_batch", "samples.seen"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{where}: {key} must be positive, got {OmegaConf.select(cfg, key)}")
+    for key in ("train.lr", "train.weight_decay", "train.beta1", "train.beta2", "train.eps"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{where}: {key} must be a finite, non-negative number, got {value}")
     per_step = point.gpus * int(cfg.model.local_batch) * point.accumulation
     if per_step != point.global_batch:
         raise ConfigError(

@@ -9,9 +9,12 @@ Layout::
     checkpoints/      training checkpoints (training stage)
     eval/             evaluation records (evaluation stage, the result store)
 
-A run's state is read from its status log: ``new`` (no folder or no events), ``done`` (last
-event ``done``), ``failed`` (last event ``failed``), ``cancelled``, or ``partial`` (started,
-not finished: a relaunch resumes it from its newest checkpoint).
+A run's state is read from its status log: ``new`` (no folder or no events), ``submitted``
+(queued to SLURM, not started yet), ``partial`` (started, not finished: a relaunch resumes it
+from its newest checkpoint), ``trained`` (training finished, evaluation outstanding: a relaunch
+only evaluates), ``done``, ``failed``, or ``cancelled``. A ``cancelled`` event holds until the
+point is submitted or started again: a job that logs on its way out after ``scancel`` (its
+checkpoint-on-SIGTERM, say) does not make a cancelled point look resumable.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from launcher.identity import config_hash, identity, run_id
 from training.io import append_jsonl, atomic_write_json, atomic_write_text
 
-STATES = ("new", "partial", "done", "failed", "cancelled")
+STATES = ("new", "submitted", "partial", "trained", "done", "failed", "cancelled")
 
 
 @lru_cache(maxsize=1)
@@ -93,13 +96,29 @@ def events(path: Path) -> list[dict[str, Any]]:
 
 def state(path: Path) -> str:
     """One of :data:`STATES`, from the status log."""
-    evs = [e for e in events(path) if e.get("event") != "skipped"]
+    evs: list[Any] = []
+    for e in events(path):
+        ev = e.get("event")
+        if ev == "cancel_failed" and "cancelled" in evs:  # scancel failed: the cancel did not happen
+            del evs[len(evs) - 1 - evs[::-1].index("cancelled")]
+        elif ev != "skipped":
+            evs.append(ev)
     if not evs:
         return "new"
-    last = evs[-1].get("event")
-    if last in ("done", "failed", "cancelled"):
+    for ev in reversed(evs):
+        if ev == "cancelled":
+            return "cancelled"
+        if ev in ("submitted", "start"):
+            break
+    last = evs[-1]
+    if last in ("done", "failed", "submitted", "trained"):
         return str(last)
     return "partial"
+
+
+def training_finished(path: Path) -> bool:
+    """True once the run's training logged ``trained`` (its final checkpoint is complete)."""
+    return any(e.get("event") == "trained" for e in events(path))
 
 
 def last_error(path: Path) -> str | None:

@@ -200,6 +200,10 @@ class Config:
     """Print the plan (one row per point) and run nothing."""
     retry_failed: bool = True
     """Re-run points whose last attempt failed (done points are always skipped)."""
+    stage: str = "all"
+    """What a job does with its point: ``all`` (train, then evaluate), ``train`` (train only:
+    the SLURM launcher evaluates in a dependent job of its own) or ``eval`` (evaluate the
+    finished training)."""
 
 
 IDENTITY_SECTIONS = ("model", "data", "samples", "train")

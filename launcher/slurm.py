@@ -32,7 +32,6 @@ ACTIVE = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "requeued"
 ENDED = {"COMPLETED": "done", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "failed",
          "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed",
          "DEADLINE": "failed", "PREEMPTED": "requeued"}
-JOB_EVENTS = ("submitted", "start", "requeued", "preempted")  # events that carry the job id owning a run
 
 
 class SlurmError(RuntimeError):
@@ -81,18 +80,38 @@ def accounting(job_ids: Iterable[str]) -> dict[str, str]:
 
 
 def job_id(path: Path) -> str | None:
-    """The SLURM job id that last owned the run folder ``path`` (from its status log)."""
+    """The SLURM job id that owns the run folder ``path`` now (from its status log)."""
     return job_info(path)[0]
 
 
-def job_info(path: Path) -> tuple[str | None, str | None]:
-    """(job id that last owned the run folder, its status log's last event)."""
+def point_jobs(path: Path) -> dict[str, str]:
+    """The jobs of the point's latest submission: ``{"train": id, "eval": id}`` (either may be
+    absent), as its status log records them (``submitted``, then each job's own events)."""
+    jobs: dict[str, str] = {}
+    for ev in rundir.events(path):
+        name, stage = ev.get("event"), ev.get("stage") or "train"
+        if name == "submitted":
+            jobs = {}
+            if ev.get("job_id"):
+                jobs["eval" if stage == "eval" else "train"] = str(ev["job_id"])
+            if ev.get("eval_job_id"):
+                jobs["eval"] = str(ev["eval_job_id"])
+        elif name in ("start", "requeued", "preempted") and ev.get("job_id"):
+            jobs["eval" if stage == "eval" else "train"] = str(ev["job_id"])
+    return jobs
+
+
+def job_info(path: Path) -> tuple[str | None, str | None, str | None]:
+    """(job id that owns the run folder now, its stage ``train``/``eval``, the status log's last
+    event). The training job owns it until training has finished, then the evaluation job."""
     evs = rundir.events(path)
     last = evs[-1].get("event") if evs else None
-    for ev in reversed(evs):
-        if ev.get("event") in JOB_EVENTS and ev.get("job_id"):
-            return str(ev["job_id"]), last
-    return None, last
+    jobs = point_jobs(path)
+    if "eval" in jobs and (rundir.training_finished(path) or "train" not in jobs):
+        return jobs["eval"], "eval", last
+    if "train" in jobs:
+        return jobs["train"], "train", last
+    return None, None, last
 
 
 def live_state(run_state: str, jid: str | None, squeue: dict[str, str], sacct: dict[str, str],
@@ -129,20 +148,28 @@ def update_manifest(path: Path, entries: dict[str, dict[str, Any]]) -> None:
 
 
 def cancel(root: Path, run_ids: list[str] | None = None) -> list[str]:
-    """``scancel`` the jobs of the runs under ``root`` (all, or ``run_ids``) that SLURM still
-    holds, and log ``cancelled`` in their run folders; returns the run ids cancelled."""
+    """Cancel the jobs of the runs under ``root`` (all, or ``run_ids``) that SLURM still holds,
+    training and evaluation jobs alike; returns the run ids cancelled.
+
+    ``cancelled`` is logged in each run folder *before* ``scancel``: a running job that gets
+    scancel's SIGTERM checkpoints, reads that, and stops instead of requeueing itself."""
     squeue = queue()
     chosen = [root / r for r in run_ids] if run_ids else sorted(p for p in root.iterdir()
                                                                 if (p / "status.jsonl").exists())
-    hits = {}
+    hits: dict[Path, list[str]] = {}
     for path in chosen:
-        jid = job_id(path)
-        if jid and jid in squeue and rundir.state(path) not in ("done", "failed", "cancelled"):
-            hits[path] = jid
+        queued = sorted(j for j in point_jobs(path).values() if j in squeue)
+        if queued and rundir.state(path) not in ("done", "failed", "cancelled"):
+            hits[path] = queued
+    for path, jobs in hits.items():
+        rundir.log_event(path, "cancelled", job_id=jobs[0], jobs=jobs, by="launcher.slurm cancel")
     if hits:
-        _run(["scancel", *sorted(set(hits.values()))])
-    for path, jid in hits.items():
-        rundir.log_event(path, "cancelled", job_id=jid, by="launcher.slurm cancel")
+        try:
+            _run(["scancel", *sorted({j for jobs in hits.values() for j in jobs})])
+        except SlurmError as e:
+            for path in hits:  # withdraws the ``cancelled`` above (see rundir.state)
+                rundir.log_event(path, "cancel_failed", error=str(e)[:500])
+            raise
     return [p.name for p in hits]
 
 

@@ -106,26 +106,28 @@ def _checkpoint_age(path: Path) -> str:
     return f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m" if age >= 60 else f"{age:.0f}s"
 
 
-STATES = ("new", "pending", "running", "requeued", "partial", "done", "failed", "cancelled")
+STATES = ("new", "submitted", "pending", "running", "requeued", "partial", "trained", "done",
+          "failed", "cancelled")
 
 
 def live_states(points: list[Entry]) -> list[tuple[str, str | None]]:
-    """(state, job id) per point: the run folder's state refined by squeue/sacct."""
+    """(state, job) per point: the run folder's state refined by squeue/sacct; the job is the
+    one that owns the point now (``123_4``, or ``123_4 eval`` for its evaluation job)."""
     infos = [slurm.job_info(p.run_dir) for p in points]
-    jobs = [j for j, _ in infos]
     run_states = [rundir.state(p.run_dir) for p in points]
     squeue: dict[str, str] = {}
     sacct: dict[str, str] = {}
-    if any(j for j, st in zip(jobs, run_states, strict=True) if st not in ("done", "failed", "cancelled")):
+    open_ = [j for (j, _, _), st in zip(infos, run_states, strict=True)
+             if j and st not in ("done", "failed", "cancelled")]
+    if open_:
         try:
             squeue = slurm.queue()
         except slurm.SlurmError as e:
             print(f"warning: {e}; states come from the run folders alone", file=sys.stderr)
-        gone = [j for j, st in zip(jobs, run_states, strict=True)
-                if j and j not in squeue and st not in ("done", "failed", "cancelled")]
-        sacct = slurm.accounting(gone)
-    return [(slurm.live_state(st, j, squeue, sacct, last), j)
-            for st, (j, last) in zip(run_states, infos, strict=True)]
+        sacct = slurm.accounting(j for j in open_ if j not in squeue)
+    return [(slurm.live_state(st, j, squeue, sacct, last),
+             None if j is None else f"{j} eval" if stage == "eval" else j)
+            for st, (j, stage, last) in zip(run_states, infos, strict=True)]
 
 
 def status_table(points: list[Entry]) -> str:

@@ -70,6 +70,9 @@ SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=2,sched_min_interval=100000
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
+# as production clusters do: sbatch refuses a job that no partition could ever run (too many
+# nodes, too long), instead of queueing it forever (reason PartitionNodeLimit)
+EnforcePartLimits=ALL
 # short timers: a test must not wait on SLURM
 KillWait=2
 MinJobAge=60

@@ -161,3 +161,10 @@ def test_typo_in_a_sweep_fails_before_anything_runs(tmp_path):
     assert out.returncode != 0
     assert "model/tiny_x" in out.stderr and "tiny_m" in out.stderr
     assert not [p for p in tmp_path.iterdir() if p.name != "_hydra"]
+
+
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.lr=-0.001", "train.beta2=inf"])
+def test_optimizer_values_must_be_finite_and_non_negative(make_cfg, override):
+    cfg = make_cfg("model=tiny_s", "data=syn4k", "samples=s6k", override)
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        check(make_point([override], cfg))

@@ -76,3 +76,31 @@ def test_analysis_reads_the_store(grid):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp / "report" / "fits.csv").is_file()
     assert (tmp / "report" / "points.csv").read_text().count("\n") >= 2
+
+
+def test_stages_train_then_evaluate(tmp_path):
+    """``stage=train`` trains and stops at ``trained`` (what a SLURM training job does before its
+    evaluation job); a plain relaunch then only evaluates; ``stage=eval`` on an untrained
+    point is refused with the reason."""
+    point = ["model=tiny_s", "data=syn4k", "samples=s6k", "samples.seen=256", "train.workers=0",
+             f"root={tmp_path / 'runs'}", f"data_root={tmp_path / 'data'}"]
+
+    def launch(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "launch.py", "-m", *point, *extra], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "TQDM_DISABLE": "1", "HYDRA_FULL_ERROR": "1"})
+
+    early = launch("stage=eval")
+    assert early.returncode != 0 and "stage=eval, but its training has not finished" in early.stderr
+    assert launch("stage=train").returncode == 0
+    run, = (tmp_path / "runs").glob("tiny_s-*")
+    assert rundir.state(run) == "trained" and not (run / "eval").exists()
+    final = run / "checkpoints" / "final.pt"
+    trained_at = final.stat().st_mtime
+    again = launch()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trained" in again.stdout and "1 point(s) to run" in again.stdout
+    assert rundir.state(run) == "done" and final.stat().st_mtime == trained_at
+    assert [e["event"] for e in rundir.events(run)].count("trained") == 1
+    records, problems = read_records(tmp_path / "runs")
+    assert records and not problems

@@ -138,6 +138,28 @@ def test_sbatch_refusal_names_the_message_and_points(tmp_path: Path, data_root: 
     assert not (root / "_slurm" / "cli.json").exists()
 
 
+def test_one_refused_point_does_not_stop_the_others(tmp_path: Path, data_root: Path) -> None:
+    """A point asking for more nodes than the cluster has: sbatch's own message and that point
+    are reported (exit 1); the other point is submitted and runs."""
+    root = tmp_path / "runs"
+    sweep = tmp_path / "mixed.yaml"
+    sweep.write_text("points:\n"
+                     "  - {model: tiny_s, data: syn4k, samples: s6k, samples.seen: 256, eval: none}\n"
+                     "  - {model: tiny_m, data: syn4k, samples: s6k, samples.seen: 384, eval: none,"
+                     " cluster.nodes: 3, model.global_batch: 384, model.local_batch: 128}\n")
+    out = launch(root, data_root, f"sweep={sweep}")
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "node count specification invalid" in out.stderr.lower(), out.stderr[-3000:]
+    refused = [line for line in out.stderr.splitlines() if line.strip().startswith("point ")]
+    assert len(refused) == 1 and "tiny_m-syn4k-s6k-" in refused[0] and "cluster.nodes=3" in refused[0]
+    points = json.loads((root / "_slurm" / "mixed.json").read_text())["points"]
+    (run_id, entry), = points.items()
+    assert run_id.startswith("tiny_s-syn4k-s6k-")
+    assert "submitted 1 point(s)" in out.stdout
+    wait_gone([entry["job_id"]])
+    assert rundir.state(root / run_id) == "done", rundir.events(root / run_id)[-3:]
+
+
 def test_unreachable_slurmctld_is_a_clear_error_and_leaves_nothing(tmp_path: Path, data_root: Path) -> None:
     conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
     bad = tmp_path / "slurm.conf"  # the same cluster, with a controller port nobody listens on
@@ -227,3 +249,97 @@ def test_killed_job_shows_failed_and_relaunch_resumes_from_its_checkpoint(tmp_pa
 
     final = torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
     assert final["step"] == 144 and final["resumed_from"], "the second job did not resume from a checkpoint"
+
+
+def _sacct(job_ids: list[str], fields: str) -> dict[str, dict[str, str]]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", f"JobID,{fields}", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    names = fields.split(",")
+    return {r.split("|")[0]: dict(zip(names, r.split("|")[1:], strict=True)) for r in out.splitlines() if r}
+
+
+@pytest.mark.slow
+def test_two_node_ddp_job_and_evaluation_jobs_that_wait_for_their_own_training(
+        tmp_path: Path, data_root: Path) -> None:
+    """Two points in one training array of 2-node jobs (2 nodes x 1 task, gloo on CPU): A
+    trains, B's training fails (lr = 1e30: non-finite losses). Their evaluation jobs (1 node
+    each) form a second array that depends on the first task by task: A's runs after A's
+    training, on the weights both ranks ended with; B's never runs (SLURM cancels it)."""
+    from evaluation.store import read_records
+    from training import checkpoint
+    from training.train import weights_digest
+
+    root = tmp_path / "runs"
+    sweep = tmp_path / "ddp.yaml"
+    sweep.write_text(
+        "points:\n"
+        "  - {model: tiny_s, data: syn4k, samples: s6k, samples.seen: 512, eval: embedded,"
+        " cluster.nodes: 2, model.local_batch: 64, train.workers: 1}\n"
+        "  - {model: tiny_m, data: syn4k, samples: s6k, samples.seen: 1024, eval: embedded,"
+        " cluster.nodes: 2, model.local_batch: 64, train.lr: 1.0e+30, train.max_nonfinite: 2}\n")
+    out = launch(root, data_root, f"sweep={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    points = json.loads((root / "_slurm" / "ddp.json").read_text())["points"]
+    ok, = (p for r, p in points.items() if r.startswith("tiny_s"))
+    bad, = (p for r, p in points.items() if r.startswith("tiny_m"))
+    assert ok["nodes"] == bad["nodes"] == 2
+    assert ok["job_id"].split("_")[0] == bad["job_id"].split("_")[0]  # one array of two tasks
+    assert ok["eval_job_id"].split("_")[0] == bad["eval_job_id"].split("_")[0]
+    jobs = [ok["job_id"], ok["eval_job_id"], bad["job_id"], bad["eval_job_id"]]
+    wait_gone(jobs, timeout=300)
+
+    run = Path(ok["run_dir"])
+    assert rundir.state(run) == "done", rundir.events(run)[-3:]
+    trained, = (e for e in rundir.events(run) if e["event"] == "trained")
+    ranks = trained["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["node"] for r in ranks} == {"n1", "n2"}
+    final = checkpoint.load(checkpoint.final(run))
+    assert {r["weights_sha256"] for r in ranks} == {weights_digest(final["state_dict"])}
+    assert final["step"] == 4
+    records, problems = read_records(root)
+    assert records and not problems and {r["run_id"] for r in records} == {run.name}
+    assert {r["step"] for r in records} == {4}
+
+    acct = _sacct(jobs, "State,NNodes,Start,End")
+    assert acct[ok["job_id"]]["NNodes"] == "2" and acct[ok["eval_job_id"]]["NNodes"] == "1"
+    assert acct[ok["job_id"]]["State"] == acct[ok["eval_job_id"]]["State"] == "COMPLETED"
+    assert acct[ok["eval_job_id"]]["Start"] >= acct[ok["job_id"]]["End"]
+
+    bad_run = Path(bad["run_dir"])
+    assert rundir.state(bad_run) == "failed" and "NonFiniteLoss" in (rundir.last_error(bad_run) or "")
+    assert acct[bad["job_id"]]["State"] == "FAILED"
+    assert acct[bad["eval_job_id"]]["State"] == "CANCELLED", acct  # never started
+    assert not any(e.get("stage") == "eval" for e in rundir.events(bad_run))
+    table = status(root, data_root, sweep)
+    assert "2 points: 1 done, 1 failed" in table and "NonFiniteLoss" in table, table
+
+
+@pytest.mark.slow
+def test_cancel_a_running_point_stops_it_for_good(tmp_path: Path, data_root: Path) -> None:
+    """``launcher.slurm cancel`` on a point whose training runs: its training and evaluation
+    jobs are cancelled, the job does not requeue itself on scancel's SIGTERM, the point shows
+    ``cancelled``; a relaunch later resumes it from its checkpoint."""
+    root = tmp_path / "runs"
+    point = ["model=tiny_s", "data=syn4k", "samples=s18k", "eval=embedded", "train.checkpoint_every=4"]
+    assert launch(root, data_root, *point).returncode == 0
+    (run_id, entry), = manifest(root).items()
+    run = root / run_id
+    deadline = time.time() + 180
+    while not list((run / "checkpoints").glob("step_*.pt.done")):
+        assert time.time() < deadline, rundir.events(run)[-3:]
+        time.sleep(0.5)
+    assert slurm.queue()[entry["job_id"]] == "RUNNING"
+    out = subprocess.run([sys.executable, "-m", "launcher.slurm", "cancel", "--root", str(root), run_id],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and f"cancelled 1 point(s)\n  {run_id}" in out.stdout, out.stderr
+    wait_gone([entry["job_id"], entry["eval_job_id"]], timeout=60)
+    time.sleep(3)  # a requeue would put the job back in the queue now
+    assert entry["job_id"] not in slurm.queue()
+    acct = _sacct([entry["job_id"], entry["eval_job_id"]], "State")
+    assert {a["State"].split()[0] for a in acct.values()} == {"CANCELLED"}, acct
+    events = [e["event"] for e in rundir.events(run)]
+    assert rundir.state(run) == "cancelled" and "requeued" not in events, events
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s18k, eval: embedded, "
+                     "train.checkpoint_every: 4}\n")
+    assert f"{run_id}  cancelled" in status(root, data_root, sweep)

@@ -31,6 +31,7 @@ def result(self, path):
     return {{**real_result(self, path), "accum": self.plan.accum, "world": self.plan.world}}
 T._Run.result = result
 out = T.train(OmegaConf.load({cfg!r}), {run_dir!r})
+print("RANKS", len(out["ranks"]), len({{r["weights_sha256"] for r in out["ranks"]}}))
 print("RESULT", out["accum"], out["world"], out["step"])
 """
 
@@ -80,7 +81,7 @@ def test_two_ranks_end_with_identical_weights(tmp_path: Path):
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
-        assert out.strip().splitlines()[-1] == f"RESULT 2 2 {steps}"
+        assert out.strip().splitlines()[-2:] == ["RANKS 2 1", f"RESULT 2 2 {steps}"]
 
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

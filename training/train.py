@@ -20,11 +20,13 @@ skips are counted (``skipped_samples``, ``skipped_shards`` in the log and the ch
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -718,4 +720,29 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         run, preprocess, tokenizer = _build(cfg, run_dir, dist_)
         if run.step < run.plan.total_steps:
             _loop(run, preprocess, tokenizer, stop)
-        return run.result(run.save(final=True))
+        out = run.result(run.save(final=True))
+        if dist_.world > 1:
+            out["ranks"] = rank_report(run.model)
+        return out
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a model's state dict, bit for bit (names and bytes, in name order); the
+    ``state_dict`` of a checkpoint gives the same digest as the model it was saved from."""
+    h = hashlib.sha256()
+    for name, t in sorted(state_dict.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def rank_report(model: Any) -> list[dict[str, Any]]:
+    """Every rank's node and final-weights digest, gathered on every rank. DDP keeps the
+    replicas identical; a difference means the ranks diverged (raises RuntimeError)."""
+    mine = {"rank": dist.get_rank(), "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+            "weights_sha256": weights_digest(unwrap(model).state_dict())}
+    ranks: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, mine)
+    if len({r["weights_sha256"] for r in ranks}) > 1:
+        raise RuntimeError(f"the ranks' final weights differ: {ranks}")
+    return ranks

@@ -4,15 +4,25 @@ The stock launcher blocks until every job has ended (a login-node process that m
 weeks). This one, selected by ``cluster=slurm`` (``hydra/launcher: clipscale_slurm``):
 
 1. reads the queue once (``squeue``; unreachable slurmctld -> a clear error, nothing written);
-2. leaves out every point whose job is still pending/running (the sweeper already left out
-   the done ones), so relaunching never submits a second job for a point;
+2. leaves out every point that SLURM still holds a job of (the sweeper already left out the
+   done ones), so relaunching never submits a second job for a point;
 3. submits the rest as job arrays, one per node count (``nodes`` follows from the point's
-   global batch, as in the plan; every other sbatch field is hydra-submitit-launcher's);
-4. records each job id in the run's ``status.jsonl`` (``submitted``) and in the sweep manifest
+   global batch, as in the plan; every other sbatch field is hydra-submitit-launcher's).
+   A point with evaluation datasets trains in that array (``stage=train``) and is evaluated by
+   a small job of its own (1 node, 1 task, ``eval_timeout_min``) in a second array that
+   depends on the first task by task (``--dependency=aftercorr``, ``--kill-on-invalid-dep``):
+   the large allocation is never held while one process evaluates, and an evaluation starts
+   only after its own training succeeded. A point whose training is finished gets only the
+   evaluation job;
+4. records the job ids in the run's ``status.jsonl`` (``submitted``) and in the sweep manifest
    ``<root>/_slurm/<sweep>.json``, and returns.
 
+Each job's processes take their torch.distributed setup from SLURM (submitit's
+``TorchDistributedEnvironment``: rank, local rank, world size, the allocation's first node as
+master, a port drawn from the job id), so a job of several nodes trains in DDP.
+
 An array that sbatch refuses (unknown partition, too many nodes, ...) is reported with sbatch's
-own message and the points it concerns; the other arrays are still submitted, and the command
+own message and each point it concerns; the other arrays are still submitted, and the command
 then exits with status 1.
 """
 
@@ -45,6 +55,10 @@ class ClipscaleSlurmConf(SlurmQueueConf):
     manifest: str | None = None
     """The sweep manifest (run id -> overrides, job id, submission time; merged on relaunch);
     null: ``<root>/_slurm/<sweep name, or cli>.json``."""
+    separate_eval: bool = True
+    """Evaluate in a dependent job of its own (1 node, 1 task); false: in the training job."""
+    eval_timeout_min: int = 120
+    """Time limit of an evaluation job."""
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="clipscale_slurm",
@@ -54,9 +68,12 @@ ConfigStore.instance().store(group="hydra/launcher", name="clipscale_slurm",
 class ClipscaleSlurmLauncher(SlurmLauncher):
     submit_only = True  # the sweeper does not wait for results
 
-    def __init__(self, manifest: str | None = None, **params: Any) -> None:
+    def __init__(self, manifest: str | None = None, separate_eval: bool = True,
+                 eval_timeout_min: int = 120, **params: Any) -> None:
         super().__init__(**params)
         self._manifest = manifest
+        self._separate_eval = separate_eval
+        self._eval_timeout_min = eval_timeout_min
         self._plan: dict[tuple[str, ...], Any] = {}
 
     def set_plan(self, points: list[Any]) -> None:
@@ -69,6 +86,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
         return state
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        _export_distributed()
         ret = super().__call__(*args, **kwargs)
         if ret.status == JobStatus.FAILED and type(ret._return_value).__name__ == "Preempted":
             # The trainer caught SLURM's USR2/TERM and saved a checkpoint: hand the signal back to
@@ -85,18 +103,40 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
         mark_requeueing()
         return super().checkpoint(*args, **kwargs)
 
-    def _executor(self, nodes: int) -> Any:
+    def _executor(self, nodes: int, **extra: Any) -> Any:
         import submitit
 
         params = dict(self.params)
-        params.pop("manifest", None)
         init = {"folder": params.pop("submitit_folder"),
                 "slurm_max_num_timeout": params.pop("max_num_timeout", 0)}
         executor = submitit.AutoExecutor(cluster="slurm", **init)
         base = set(OmegaConf.structured(BaseQueueConf).keys())
+        params.update(nodes=nodes, **extra)
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-        executor.update_parameters(nodes=nodes)
         return executor
+
+    def _eval_executor(self, after: str | None) -> Any:
+        """One node, one task (one GPU where the training jobs have GPUs), the evaluation time
+        limit; ``after``: the training array whose task i this array's task i waits for."""
+        extra: dict[str, Any] = {"tasks_per_node": 1, "timeout_min": self._eval_timeout_min}
+        if self.params.get("gpus_per_node"):
+            extra["gpus_per_node"] = 1
+        if after:
+            extra["additional_parameters"] = {**(self.params.get("additional_parameters") or {}),
+                                              "dependency": f"aftercorr:{after}",
+                                              "kill_on_invalid_dep": "yes"}
+        return self._executor(1, **extra)
+
+    def _submit(self, executor: Any, members: list[tuple[int, list[str], Any]],
+                stage: str) -> tuple[list[Any] | None, str | None]:
+        """Submit one array; (jobs, None), or (None, sbatch's message) when it was refused."""
+        args = [(_with_stage(ov, stage), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
+                 Singleton.get_state()) for idx, ov, _ in members]
+        try:
+            return executor.map_array(self, *zip(*args, strict=True)), None
+        except Exception as e:  # submitit's FailedJobError carries sbatch's own message
+            lines = [m.strip() for m in str(e).strip().splitlines() if m.strip()]
+            return None, " ".join(lines)[-600:]
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
         from launcher import rundir, slurm
@@ -112,48 +152,62 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
                   file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
-        groups: dict[int, list[tuple[int, list[str], Any]]] = defaultdict(list)
+        # (stage of the first job, nodes) -> points; stage "train" is followed by an eval array
+        groups: dict[tuple[str, int], list[tuple[int, list[str], Any]]] = defaultdict(list)
         active = []
         for i, ov in enumerate(job_overrides):
             ov = list(ov)
             point = self._plan.get(tuple(ov)) or make_point(
                 ov, self.hydra_context.config_loader.load_sweep_config(self.config, ov))
-            jid = slurm.job_id(point.run_dir)
-            if jid is not None and jid in squeue and point.state != "done":
-                active.append(f"{point.run_id} (job {jid}, {squeue[jid].lower()})")
+            queued = [j for j in slurm.point_jobs(point.run_dir).values() if j in squeue]
+            if queued and point.state != "done":
+                active.append(f"{point.run_id} (job {', '.join(f'{j} {squeue[j].lower()}' for j in queued)})")
                 continue
-            groups[point.nodes].append((initial_job_idx + i, ov, point))
+            has_eval = len(point.cfg.eval.datasets) > 0
+            if rundir.training_finished(point.run_dir) and has_eval:
+                key = ("eval", 1)
+            elif has_eval and self._separate_eval:
+                key = ("train", point.nodes)
+            else:
+                key = ("all", point.nodes)
+            groups[key].append((initial_job_idx + i, ov, point))
 
         entries: dict[str, dict[str, Any]] = {}
         refused = []
-        for nodes, members in sorted(groups.items()):
+        for (stage, nodes), members in sorted(groups.items()):
             for idx, ov, _ in members:
                 log.info("\t#%d : %s", idx, " ".join(filter_overrides(ov)))
-            args = [(ov, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
-                    for idx, ov, _ in members]
-            try:
-                jobs = self._executor(nodes).map_array(self, *zip(*args, strict=True))
-            except Exception as e:  # submitit's FailedJobError carries sbatch's own message
-                msg = str(e).strip().splitlines()
-                refused.append(f"sbatch refused {len(members)} point(s) with nodes={nodes}: "
-                               f"{' '.join(m.strip() for m in msg if m.strip())[-600:]}\n    "
-                               + "\n    ".join(p.run_id for _, _, p in members))
+            first = self._eval_executor(None) if stage == "eval" else self._executor(nodes)
+            jobs, error = self._submit(first, members, stage)
+            if jobs is None:
+                refused.append(_refusal(f"{stage} job(s), nodes={nodes}", error, members))
                 continue
+            evals: list[Any] = [None] * len(members)
+            if stage == "train":
+                array = jobs[0].job_id.split("_")[0]
+                evals_or_none, error = self._submit(self._eval_executor(array), members, "eval")
+                if evals_or_none is None:
+                    refused.append(_refusal(f"evaluation job(s) after training array {array} "
+                                            "(training submitted; a relaunch submits the "
+                                            "evaluation alone once it is trained)", error, members))
+                else:
+                    evals = evals_or_none
             now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            for (_, ov, point), job in zip(members, jobs, strict=True):
+            for (_, ov, point), job, ev in zip(members, jobs, evals, strict=True):
                 path = point.run_dir  # the job writes config.yaml and meta.json when it starts
                 path.mkdir(parents=True, exist_ok=True)
-                rundir.log_event(path, "submitted", job_id=job.job_id, nodes=nodes,
-                                 manifest=str(self.manifest))
-                entries[point.run_id] = {"overrides": ov, "job_id": job.job_id, "nodes": nodes,
-                                         "submitted": now, "run_dir": str(path)}
+                fields = {"job_id": job.job_id, "stage": stage, "nodes": nodes,
+                          "eval_job_id": ev.job_id if ev is not None else None}
+                rundir.log_event(path, "submitted", **fields, manifest=str(self.manifest))
+                entries[point.run_id] = {"overrides": ov, **fields, "submitted": now,
+                                         "run_dir": str(path)}
 
         if entries:
-            from launcher.slurm import update_manifest
-
-            update_manifest(self.manifest, entries)
-        n_jobs = len({e["job_id"].split("_")[0] for e in entries.values()})
-        print(f"submitted {len(entries)} point(s) in {n_jobs} array job(s); "
+            slurm.update_manifest(self.manifest, entries)
+        arrays = {e[k].split("_")[0] for e in entries.values() for k in ("job_id", "eval_job_id") if e[k]}
+        n_eval = sum(e["eval_job_id"] is not None or e["stage"] == "eval" for e in entries.values())
+        print(f"submitted {len(entries)} point(s) in {len(arrays)} array job(s) "
+              f"({n_eval} with an evaluation job); "
               f"{len(active)} already queued or running, not resubmitted", flush=True)
         for line in active:
             print(f"  queued: {line}", flush=True)
@@ -162,6 +216,47 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
                   f"--root {self.config.root}" + (f" --sweep {self.config.sweep}" if self.config.get("sweep") else ""),
                   flush=True)
         if refused:
-            print("error: " + "\n  ".join(refused), file=sys.stderr, flush=True)
+            print("error: " + "\n".join(refused), file=sys.stderr, flush=True)
             raise SystemExit(1)
         return []
+
+
+def _with_stage(overrides: list[str], stage: str) -> list[str]:
+    """The point's overrides with ``stage=`` set for its job."""
+    return [o for o in overrides if not o.startswith("stage=")] + [f"stage={stage}"]
+
+
+def _refusal(what: str, error: str | None, members: list[tuple[int, list[str], Any]]) -> str:
+    lines = [f"sbatch refused the {what} of {len(members)} point(s): {error}"]
+    lines += [f"  point {p.run_id} [{' '.join(ov)}]: not submitted" for _, ov, p in members]
+    return "\n".join(lines)
+
+
+def _export_distributed() -> None:
+    """In a SLURM job of several tasks: torch.distributed's variables from the allocation
+    (submitit's TorchDistributedEnvironment). The master is the first node; where its SLURM
+    name does not resolve (a node whose NodeAddr differs from its name, as on the local test
+    cluster), its NodeAddr from ``scontrol``."""
+    import os
+    import socket
+    import subprocess
+
+    import submitit
+
+    try:
+        env = submitit.JobEnvironment()
+        if env.num_tasks <= 1:
+            return
+    except RuntimeError:  # not in a SLURM job
+        return
+    dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    try:
+        socket.gethostbyname(dist_env.master_addr)
+    except OSError:
+        out = subprocess.run(["scontrol", "show", "node", "-o", dist_env.master_addr],
+                             capture_output=True, text=True, timeout=30).stdout
+        addr = next((f.split("=", 1)[1] for f in out.split() if f.startswith("NodeAddr=")), None)
+        if addr:
+            os.environ["MASTER_ADDR"] = addr
+    print(f"clipscale: torch.distributed rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}, "
+          f"master {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", file=sys.stderr, flush=True)
