@@ -1,13 +1,17 @@
-"""Evaluation throughput on CPU: images/s of the whole evaluation stage for the tiny models.
+"""Evaluation throughput: images/s of the whole evaluation stage for the tiny models.
 
 Runs ``evaluation.evaluate.evaluate`` with the embedded suite (``conf/eval/embedded.yaml``:
 zero-shot classification, linear probes, retrieval, aggregates) on freshly generated sets in
 a temporary folder, for each tiny model (random weights: speed does not depend on them).
 Every image read is counted once (features are shared by zero-shot and probes, a probe also
 reads its train split). Prints the figures and writes
-``benchmarks/results/eval_throughput_cpu.json`` (key ``images_per_s``)::
+``benchmarks/results/eval_throughput_<device>.json`` (key ``images_per_s``; ``--out``)::
 
     .venv/bin/python benchmarks/eval_throughput.py [--models tiny_s tiny_m] [--threads N]
+    python benchmarks/eval_throughput.py --device cuda    # on a GPU: bf16 autocast
+
+The stage picks its device itself (cuda when there is one); ``--device cpu`` hides the GPUs
+from this process so that a GPU machine can measure the CPU path too.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as make and launch.py: shared cores
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-OUT = REPO / "benchmarks" / "results" / "eval_throughput_cpu.json"
+RESULTS = REPO / "benchmarks" / "results"
 
 
 def _cfg(model: str, tmp: Path):
@@ -103,9 +108,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tiny_s", "tiny_m"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: benchmarks/results/eval_throughput_<device>.json")
     args = p.parse_args()
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before CUDA is first touched: evaluate() asks
+    elif not torch.cuda.is_available():
+        p.error("--device cuda: no GPU visible to torch")
+    out = args.out or RESULTS / f"eval_throughput_{args.device}.json"
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda":  # CUDA context and cuBLAS start-up are not the stage's cost
+        torch.ones(64, 64, device="cuda").matmul(torch.ones(64, 64, device="cuda")).sum().item()
     with tempfile.TemporaryDirectory() as tmp:
         per_model = {m: measure(m, Path(tmp)) for m in args.models}
     images = sum(r["images"] for r in per_model.values())
@@ -114,17 +129,20 @@ def main() -> None:
         "images_per_s": round(images / seconds, 1),
         "per_model": per_model,
         "suite": "eval=embedded (zero-shot x3, linear probe full + 10-shot, retrieval, aggregates)",
-        "device": "cpu",
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "precision": "amp_bf16 (autocast)" if args.device == "cuda" else "fp32",
+        "numpy": np.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"images/s: {result['images_per_s']} (written to {OUT.relative_to(REPO)})")
+    print(f"images/s: {result['images_per_s']} (written to {out})")
 
 
 if __name__ == "__main__":
