@@ -53,12 +53,18 @@ def _run(cmd: list[str], timeout: float = 30) -> str:
 def queue() -> dict[str, str]:
     """Job id -> SLURM state of this user's queued and running jobs, array tasks expanded
     (``123_4``). Raises :class:`SlurmError` when slurmctld does not answer."""
-    out = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"])
+    return {j: st for j, (st, _) in queue_detail().items()}
+
+
+def queue_detail() -> dict[str, tuple[str, str]]:
+    """Job id -> (state, squeue's reason: ``Dependency``, ``BeginTime``, ``Resources``,
+    ``ReqNodeNotAvail, ...``; ``None`` when it runs), one ``squeue`` call."""
+    out = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"])
     jobs = {}
     for line in out.splitlines():
-        jid, _, st = line.strip().partition("|")
+        jid, st, reason = (line.strip().split("|", 2) + ["", ""])[:3]
         if jid:
-            jobs[jid] = st
+            jobs[jid] = (st, reason)
     return jobs
 
 

@@ -53,9 +53,10 @@ def _plan_key(name: str, overrides: list[str]) -> str:
 def sweep_points(name: str, overrides: list[str], root: Path) -> list[Entry]:
     """Every point of sweep ``name`` (plus ``overrides``), without running anything.
 
-    Composing a point through Hydra takes tens of milliseconds, too slow for a 1000-point
-    status; the (run id, samples) list is therefore cached under ``<root>/_status/`` keyed by
-    :func:`_plan_key`, and recomposed only when the sweep or the configuration changed."""
+    Points are composed by :mod:`launcher.compose` (Hydra once per distinct set of group
+    choices, about a millisecond a point after that); the (run id, samples) list is also cached
+    under ``<root>/_status/`` keyed by :func:`_plan_key`, and recomposed only when the sweep or
+    the configuration changed."""
     key = _plan_key(name, overrides)
     cache = root / "_status" / f"plan-{key}.json"
     try:
@@ -72,17 +73,17 @@ def sweep_points(name: str, overrides: list[str], root: Path) -> list[Entry]:
 
 
 def _compose_points(name: str, overrides: list[str]) -> list[tuple[str, int]]:
-    from hydra import compose, initialize_config_dir
+    from launcher.compose import app_composer
+    from launcher.identity import run_id
+    from launcher.plan import Point
 
-    from launcher import schema
-    from launcher.plan import make_point
-
-    schema.register()
     points: dict[str, int] = {}
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with app_composer(CONF) as compose:
         for ov in load_sweep(name):
-            p = make_point(ov, compose("config", overrides=[*ov, *overrides]))
-            points.setdefault(p.run_id, p.samples_seen)
+            cfg = compose([*ov, *overrides])
+            rid = run_id(cfg)
+            if rid not in points:  # a Point for its size only: no run folder is read here
+                points[rid] = Point(ov, cfg, rid, Path(rid), "new").samples_seen
     return list(points.items())
 
 
@@ -110,36 +111,42 @@ STATES = ("new", "submitted", "pending", "running", "requeued", "partial", "trai
           "failed", "cancelled")
 
 
-def live_states(points: list[Entry]) -> list[tuple[str, str | None]]:
-    """(state, job) per point: the run folder's state refined by squeue/sacct; the job is the
-    one that owns the point now (``123_4``, or ``123_4 eval`` for its evaluation job)."""
+def live_states(points: list[Entry]) -> list[tuple[str, str | None, str]]:
+    """(state, job, why) per point: the run folder's state refined by squeue/sacct; the job is
+    the one that owns the point now (``123_4``, or ``123_4 eval`` for its evaluation job); why:
+    squeue's reason for a job that waits (``Dependency``, ``BeginTime``, ``ReqNodeNotAvail``...)."""
     infos = [slurm.job_info(p.run_dir) for p in points]
     run_states = [rundir.state(p.run_dir) for p in points]
-    squeue: dict[str, str] = {}
+    detail: dict[str, tuple[str, str]] = {}
     sacct: dict[str, str] = {}
     open_ = [j for (j, _, _), st in zip(infos, run_states, strict=True)
              if j and st not in ("done", "failed", "cancelled")]
     if open_:
         try:
-            squeue = slurm.queue()
+            detail = slurm.queue_detail()
         except slurm.SlurmError as e:
             print(f"warning: {e}; states come from the run folders alone", file=sys.stderr)
-        sacct = slurm.accounting(j for j in open_ if j not in squeue)
-    return [(slurm.live_state(st, j, squeue, sacct, last),
-             None if j is None else f"{j} eval" if stage == "eval" else j)
-            for st, (j, stage, last) in zip(run_states, infos, strict=True)]
+        sacct = slurm.accounting(j for j in open_ if j not in detail)
+    squeue = {j: st for j, (st, _) in detail.items()}
+    out = []
+    for st, (j, stage, last) in zip(run_states, infos, strict=True):
+        state = slurm.live_state(st, j, squeue, sacct, last)
+        why = detail[j][1] if j in detail and state in ("pending", "requeued") else ""
+        out.append((state, None if j is None else f"{j} eval" if stage == "eval" else j,
+                    f"waiting: {why}" if why and why not in ("None", "(null)") else ""))
+    return out
 
 
 def status_table(points: list[Entry]) -> str:
-    cols = ("run id", "state", "samples seen", "ckpt age", "job", "last error")
+    cols = ("run id", "state", "samples seen", "ckpt age", "job", "last error / reason")
     body = []
     states = live_states(points)
-    for p, (st, jid) in zip(points, states, strict=True):
-        seen = p.samples_seen if st == "done" else _progress(p.run_dir)
-        err = rundir.last_error(p.run_dir) if st == "failed" else None
+    for p, (st, jid, why) in zip(points, states, strict=True):
+        seen = p.samples_seen if st in ("done", "trained") else _progress(p.run_dir)
+        note = rundir.last_error(p.run_dir) if st == "failed" else why
         body.append((p.run_id, st, f"{fmt_count(seen)} / {fmt_count(p.samples_seen)}",
-                     _checkpoint_age(p.run_dir), jid or "-", (err or "")[:80]))
-    counts = {s: sum(st == s for st, _ in states) for s in STATES}
+                     _checkpoint_age(p.run_dir), jid or "-", (note or "")[:80]))
+    counts = {s: sum(st == s for st, _, _ in states) for s in STATES}
     widths = [max(len(r[i]) for r in [cols, *body]) for i in range(len(cols))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
     total = f"{len(points)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)

@@ -135,7 +135,9 @@ def plan_sweep(master: DictConfig, overrides: list[Override],
                compose: Callable[[Sequence[str]], DictConfig]) -> list[Point]:
     """Compose and check every point, print the plan, and return the points to launch.
 
-    Nothing is launched when any point is invalid: all the errors are raised together, each
+    ``compose`` maps a point's overrides to its config; the sweeper passes a
+    :class:`launcher.compose.Composer` (Hydra once per distinct set of group choices). Nothing
+    is launched when any point is invalid: all the errors are raised together, each
     naming its point and key. A dry run prints the plan and returns no point. Done points are
     always skipped; failed ones are retried unless ``retry_failed=false``.
     """

@@ -118,7 +118,8 @@ def test_pending_point_shows_in_status_and_cancel(tmp_path: Path, data_root: Pat
     assert held.returncode == 0, held.stderr[-3000:]
     (run_id, entry), = manifest(root).items()
     sweep = sweep_file(tmp_path, "tiny_s")
-    assert f"{run_id}  pending" in status(root, data_root, sweep)
+    table = status(root, data_root, sweep)
+    assert f"{run_id}  pending" in table and "waiting: BeginTime" in table, table
 
     out = subprocess.run([sys.executable, "-m", "launcher.slurm", "cancel", "--root", str(root)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -206,3 +206,27 @@ def test_skipped_counts_survive_a_resume_at_a_segment_boundary(tmp_path: Path, m
     assert straight["skipped_samples"] > 0
     for key in ("skipped_samples", "skipped_shards"):
         assert resumed[key] == straight[key], key
+
+
+def test_compiled_model_trains_and_saves_like_the_plain_one(shards: str, tmp_path: Path,
+                                                                    monkeypatch):
+    """``train.compile=true`` wraps the model in torch.compile (here its ``eager`` backend: the
+    same graph capture and wrapper, no C compiler needed): checkpoints hold the plain model's
+    keys (so resuming and evaluation read them as before), and the weights equal a run
+    without compile."""
+    compiled = []
+    real = torch.compile
+
+    def eager_compile(model, **kw):
+        compiled.append(model)
+        return real(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    cfg = make_cfg(shards, samples__seen=64, train__compile=True)
+    out = train(cfg, tmp_path / "run")
+    assert compiled and out["step"] == 4
+    state = checkpoint.load(out["checkpoint"])["state_dict"]
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state)
+    plain = train(make_cfg(shards, samples__seen=64), tmp_path / "plain")
+    ref = checkpoint.load(plain["checkpoint"])["state_dict"]
+    assert all(torch.equal(state[k], ref[k]) for k in ref)

@@ -161,7 +161,8 @@ def make_optimizer(
 
 
 def unwrap(model: Any) -> Any:
-    """The model inside a DDP wrapper (or the model itself)."""
+    """The model inside torch.compile's and DDP's wrappers (or the model itself)."""
+    model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
 
 
@@ -690,6 +691,8 @@ def _build(cfg: DictConfig, run_dir: Path, dist_: Dist) -> tuple[_Run, Any, Any]
     if dist_.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         run.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.train.get("compile", False):
+        run.model = torch.compile(run.model)
     return run, preprocess, tokenizer
 
 

@@ -19,6 +19,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from launcher import schema
+from launcher.compose import sweep_composer
 from launcher.plan import ConfigError
 from launcher.sweep import SweepError, plan_sweep, report_returns
 
@@ -53,8 +54,9 @@ class ClipscaleSweeper(Sweeper):
         loader = self.hydra_context.config_loader
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
         try:
-            todo = plan_sweep(self.config, parsed,
-                              compose=lambda ov: loader.load_sweep_config(self.config, list(ov)))
+            # Hydra composes once per distinct set of group choices; each point's plain
+            # assignments are applied to a copy (launcher/compose.py): seconds for 1000 points
+            todo = plan_sweep(self.config, parsed, compose=sweep_composer(loader, self.config))
         except (ConfigError, SweepError) as e:
             # A user error, not a bug: the message names the key or file; no traceback.
             print(f"error: {e}", file=sys.stderr, flush=True)
