@@ -22,12 +22,17 @@ def identity(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """The result-relevant values of ``cfg``, section by section, resolved."""
     out: dict[str, dict[str, Any]] = {}
     for section in IDENTITY_SECTIONS:
-        values = OmegaConf.to_container(cfg[section], resolve=True)
-        assert isinstance(values, dict)
+        node = cfg[section]
         skip = non_identity_fields(section)
+        values = {}
+        for k in node:  # only the identity fields are resolved (data.shards, say, is not)
+            if k in skip:
+                continue
+            v = node[k]
+            values[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
         # An unset optional field (None) is left out, so adding one to the schema later does
         # not change the id of every existing run.
-        out[section] = {k: v for k, v in sorted(values.items()) if k not in skip and v is not None}
+        out[section] = {k: v for k, v in sorted(values.items()) if v is not None}
     return out
 
 

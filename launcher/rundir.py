@@ -52,7 +52,17 @@ def git_commit() -> str:
 
 def run_dir(cfg: DictConfig) -> Path:
     """Absolute folder of the run ``cfg`` describes."""
-    return Path(cfg.root).expanduser().resolve() / run_id(cfg)
+    return root_dir(str(cfg.root)) / run_id(cfg)
+
+
+def root_dir(root: str) -> Path:
+    """``root`` made absolute (``~`` expanded, links resolved; cached per working directory)."""
+    return _root_dir(root, os.getcwd())
+
+
+@lru_cache(maxsize=64)
+def _root_dir(root: str, cwd: str) -> Path:
+    return (Path(cwd) / Path(root).expanduser()).resolve()
 
 
 def prepare(cfg: DictConfig) -> Path:

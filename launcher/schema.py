@@ -11,6 +11,7 @@ sweep to another cluster or another disk finds the same run folders.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -220,9 +221,10 @@ _SCHEMAS = {
 }
 
 
-def non_identity_fields(section: str) -> set[str]:
+@functools.cache
+def non_identity_fields(section: str) -> frozenset[str]:
     """Names of the fields of ``section`` that are excluded from the run id."""
-    return {f.name for f in fields(_SCHEMAS[section]) if not f.metadata.get("identity", True)}
+    return frozenset(f.name for f in fields(_SCHEMAS[section]) if not f.metadata.get("identity", True))
 
 
 def register() -> None:
