@@ -168,3 +168,8 @@ def test_optimizer_values_must_be_finite_and_non_negative(make_cfg, override):
     cfg = make_cfg("model=tiny_s", "data=syn4k", "samples=s6k", override)
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         check(make_point([override], cfg))
+
+
+def test_compile_is_on_for_the_paper_recipe_and_off_for_tiny_cpu_runs(make_cfg):
+    assert make_cfg().train.compile is False  # the embedded default (train=tiny)
+    assert make_cfg("model=vit_l14", "data=laion400m", "samples=13B", "train=paper").train.compile is True
