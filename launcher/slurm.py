@@ -127,6 +127,8 @@ def live_state(run_state: str, jid: str | None, squeue: dict[str, str], sacct: d
     The run folder wins once it says done/failed/cancelled; a queued job shows as pending,
     running or requeued; a job that ended without the run folder knowing (killed, node lost,
     cancelled before it started) shows as SLURM's verdict."""
+    if run_state == "failed" and jid in squeue and ACTIVE.get(squeue[jid]) in ("pending", "requeued"):
+        return "requeued"  # the attempt failed, and SLURM requeued the job: it runs again
     if run_state in ("done", "failed", "cancelled") or jid is None:
         return run_state
     if jid in squeue:

@@ -344,3 +344,40 @@ def test_cancel_a_running_point_stops_it_for_good(tmp_path: Path, data_root: Pat
     sweep.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s18k, eval: embedded, "
                      "train.checkpoint_every: 4}\n")
     assert f"{run_id}  cancelled" in status(root, data_root, sweep)
+
+
+@pytest.mark.slow
+def test_scontrol_requeue_preempts_checkpoints_and_resumes(tmp_path: Path, data_root: Path) -> None:
+    """An operator (or a preempting job) requeues a running job: SLURM sends SIGTERM to all its
+    processes; the trainer (not its loader workers) checkpoints at the next step, the point shows
+    ``requeued`` (waiting for BeginTime), and once released the job resumes from that step."""
+    import torch
+
+    root = tmp_path / "runs"
+    point = ["model=tiny_s", "data=syn4k", "samples=s18k", "eval=none", "train.checkpoint_every=4"]
+    assert launch(root, data_root, *point).returncode == 0
+    (run_id, entry), = manifest(root).items()
+    run, jid = root / run_id, entry["job_id"]
+    deadline = time.time() + 180
+    while not list((run / "checkpoints").glob("step_*.pt.done")):
+        assert time.time() < deadline, rundir.events(run)[-3:]
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
+    deadline = time.time() + 60
+    while not any(e["event"] == "preempted" for e in rundir.events(run)):
+        assert time.time() < deadline, rundir.events(run)[-3:]
+        time.sleep(0.5)
+    preempted = next(e for e in rundir.events(run) if e["event"] == "preempted")
+    while slurm.queue().get(jid) != "PENDING":
+        assert time.time() < deadline, slurm.queue()
+        time.sleep(0.5)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s18k, eval: none, "
+                     "train.checkpoint_every: 4}\n")
+    table = status(root, data_root, sweep)
+    assert f"{run_id}  requeued" in table and "waiting: BeginTime" in table, table
+    subprocess.run(["scontrol", "update", f"jobid={jid}", "starttime=now"], check=True)
+    wait_gone([jid])
+    assert rundir.state(run) == "done", rundir.events(run)[-3:]
+    final = torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
+    assert final["step"] == 144 and final["resumed_from"] == preempted["step"]

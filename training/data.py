@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import random
+import signal
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -240,4 +241,13 @@ def make_loader(
     skipped, in every worker).
     """
     pipeline = make_pipeline(shards, preprocess, tokenizer, batch_size, seed, **pipeline_kw)
-    return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=workers)
+    return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=workers,
+                         worker_init_fn=_ignore_stop_signals if workers else None)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """SLURM signals every process of a job (``scontrol requeue``, preemption, the time
+    limit): the loader's workers leave SIGTERM/SIGUSR2 to the trainer, which checkpoints at
+    the next step and then shuts them down (a worker killed first fails the step instead)."""
+    for s in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(s, signal.SIG_IGN)

@@ -1,0 +1,61 @@
+"""Run states and their SLURM view, without a cluster: the status log alone (rundir.state)
+and the rules that combine it with squeue/sacct (slurm.live_state, slurm.job_info)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launcher import rundir, slurm
+
+
+def log(path: Path, *events: tuple[str, dict]) -> None:
+    for name, fields in events:
+        rundir.log_event(path, name, **fields)
+
+
+@pytest.mark.parametrize(("events", "state"), [
+    ([], "new"),
+    ([("submitted", {"job_id": "7"})], "submitted"),
+    ([("submitted", {"job_id": "7"}), ("start", {"job_id": "7"})], "partial"),
+    ([("start", {}), ("trained", {"step": 4})], "trained"),
+    ([("start", {}), ("trained", {}), ("evaluated", {}), ("done", {})], "done"),
+    ([("start", {}), ("failed", {"error": "x"})], "failed"),
+    # a job that logs on its way out after scancel does not undo the cancel ...
+    ([("start", {"job_id": "7"}), ("cancelled", {}), ("preempted", {"step": 3})], "cancelled"),
+    # ... until the point is submitted again
+    ([("start", {}), ("cancelled", {}), ("submitted", {"job_id": "8"})], "submitted"),
+    # scancel failed: the cancel did not happen
+    ([("start", {"job_id": "7"}), ("cancelled", {}), ("cancel_failed", {})], "partial"),
+])
+def test_state_from_the_status_log(tmp_path: Path, events, state) -> None:
+    log(tmp_path, *events)
+    assert rundir.state(tmp_path) == state
+
+
+def test_the_training_job_owns_a_point_until_trained_then_its_evaluation_job(tmp_path: Path) -> None:
+    log(tmp_path, ("submitted", {"job_id": "5_0", "eval_job_id": "6_0", "stage": "train"}))
+    assert slurm.job_info(tmp_path)[:2] == ("5_0", "train")
+    log(tmp_path, ("start", {"job_id": "5_0", "stage": "train"}), ("trained", {"step": 4}))
+    assert slurm.job_info(tmp_path)[:2] == ("6_0", "eval")
+    assert slurm.point_jobs(tmp_path) == {"train": "5_0", "eval": "6_0"}
+    # a relaunch of the trained point submits the evaluation alone
+    log(tmp_path, ("submitted", {"job_id": "9_0", "stage": "eval"}))
+    assert slurm.point_jobs(tmp_path) == {"eval": "9_0"}
+    assert slurm.job_info(tmp_path)[:2] == ("9_0", "eval")
+
+
+@pytest.mark.parametrize(("run_state", "squeue", "sacct", "last", "live"), [
+    ("submitted", {"5": "PENDING"}, {}, "submitted", "pending"),
+    ("partial", {"5": "RUNNING"}, {}, "start", "running"),
+    ("partial", {"5": "PENDING"}, {}, "preempted", "requeued"),
+    ("failed", {"5": "PENDING"}, {}, "failed", "requeued"),  # the attempt failed; SLURM requeued it
+    ("failed", {"5": "COMPLETING"}, {}, "failed", "failed"),
+    ("partial", {}, {"5": "FAILED"}, "start", "failed"),  # killed: the folder never learnt it
+    ("partial", {}, {"5": "CANCELLED"}, "start", "cancelled"),
+    ("partial", {}, {}, "start", "partial"),  # no accounting: the folder's word
+    ("done", {}, {"5": "COMPLETED"}, "done", "done"),
+])
+def test_live_state(run_state, squeue, sacct, last, live) -> None:
+    assert slurm.live_state(run_state, "5", squeue, sacct, last) == live
