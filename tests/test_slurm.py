@@ -77,6 +77,31 @@ def sweep_file(tmp_path: Path, models: str = "[tiny_s, tiny_m]", extra: str = ""
     return path
 
 
+LONG = ["model=tiny_s", "data=syn4k", "samples=s18k", "train.checkpoint_every=4"]
+"""A point of 144 steps that checkpoints every 4: long enough to interrupt mid-training."""
+
+
+def launch_until_checkpoint(root: Path, data_root: Path, *extra: str) -> tuple[str, dict, Path]:
+    """Submit :data:`LONG` (plus ``extra``) and wait for its first complete step checkpoint;
+    returns (run id, its manifest entry, its run folder)."""
+    assert launch(root, data_root, *LONG, *extra).returncode == 0
+    (run_id, entry), = manifest(root).items()
+    run = root / run_id
+    deadline = time.time() + 180
+    while not list((run / "checkpoints").glob("step_*.pt.done")):
+        assert time.time() < deadline, rundir.events(run)[-3:]
+        time.sleep(0.5)
+    return run_id, entry, run
+
+
+def long_sweep(tmp_path: Path, eval_: str = "none") -> Path:
+    """:data:`LONG` as a sweep file, for ``launcher.status``."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s18k, train.checkpoint_every: 4, "
+                    f"eval: {eval_}}}\n")
+    return path
+
+
 def test_submit_returns_runs_and_relaunch_submits_nothing(tmp_path: Path, data_root: Path) -> None:
     root = tmp_path / "runs"
     tic = time.time()
@@ -183,7 +208,7 @@ def test_time_limit_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path: 
     of the same point trained in one go (cluster=local, in parallel)."""
     import torch
 
-    point = ["model=tiny_s", "data=syn4k", "samples=s18k", "eval=none", "train.checkpoint_every=4"]
+    point = [*LONG, "eval=none"]
     ref_root = tmp_path / "ref"
     ref = subprocess.Popen([sys.executable, "launch.py", "-m", *point, f"root={ref_root}",
                             f"data_root={data_root}"], cwd=ROOT, stdout=subprocess.PIPE,
@@ -223,24 +248,14 @@ def test_killed_job_shows_failed_and_relaunch_resumes_from_its_checkpoint(tmp_pa
     import signal
 
     root = tmp_path / "runs"
-    point = ["model=tiny_s", "data=syn4k", "samples=s18k", "eval=none", "train.checkpoint_every=4"]
-    assert launch(root, data_root, *point).returncode == 0
-    (run_id, entry), = manifest(root).items()
-    run = root / run_id
-    deadline = time.time() + 180
-    while not list((run / "checkpoints").glob("step_*.pt.done")):
-        assert time.time() < deadline, rundir.events(run)[-3:]
-        time.sleep(0.5)
+    run_id, entry, run = launch_until_checkpoint(root, data_root, "eval=none")
     pid = next(e["pid"] for e in reversed(rundir.events(run)) if e["event"] == "start")
     os.kill(pid, signal.SIGKILL)
     wait_gone([entry["job_id"]], timeout=60)
     assert rundir.state(run) == "partial"  # the run folder never learnt it died
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s18k, eval: none, "
-                     "train.checkpoint_every: 4}\n")
-    assert f"{run_id}  failed" in status(root, data_root, sweep)
+    assert f"{run_id}  failed" in status(root, data_root, long_sweep(tmp_path))
 
-    again = launch(root, data_root, *point)
+    again = launch(root, data_root, *LONG, "eval=none")
     assert again.returncode == 0 and "submitted 1 point(s)" in again.stdout, again.stdout + again.stderr
     job2 = manifest(root)[run_id]["job_id"]
     assert job2 != entry["job_id"]
@@ -319,16 +334,9 @@ def test_two_node_ddp_job_and_evaluation_jobs_that_wait_for_their_own_training(
 def test_cancel_a_running_point_stops_it_for_good(tmp_path: Path, data_root: Path) -> None:
     """``launcher.slurm cancel`` on a point whose training runs: its training and evaluation
     jobs are cancelled, the job does not requeue itself on scancel's SIGTERM, the point shows
-    ``cancelled``; a relaunch later resumes it from its checkpoint."""
+    ``cancelled``."""
     root = tmp_path / "runs"
-    point = ["model=tiny_s", "data=syn4k", "samples=s18k", "eval=embedded", "train.checkpoint_every=4"]
-    assert launch(root, data_root, *point).returncode == 0
-    (run_id, entry), = manifest(root).items()
-    run = root / run_id
-    deadline = time.time() + 180
-    while not list((run / "checkpoints").glob("step_*.pt.done")):
-        assert time.time() < deadline, rundir.events(run)[-3:]
-        time.sleep(0.5)
+    run_id, entry, run = launch_until_checkpoint(root, data_root, "eval=embedded")
     assert slurm.queue()[entry["job_id"]] == "RUNNING"
     out = subprocess.run([sys.executable, "-m", "launcher.slurm", "cancel", "--root", str(root), run_id],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -340,10 +348,7 @@ def test_cancel_a_running_point_stops_it_for_good(tmp_path: Path, data_root: Pat
     assert {a["State"].split()[0] for a in acct.values()} == {"CANCELLED"}, acct
     events = [e["event"] for e in rundir.events(run)]
     assert rundir.state(run) == "cancelled" and "requeued" not in events, events
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s18k, eval: embedded, "
-                     "train.checkpoint_every: 4}\n")
-    assert f"{run_id}  cancelled" in status(root, data_root, sweep)
+    assert f"{run_id}  cancelled" in status(root, data_root, long_sweep(tmp_path, "embedded"))
 
 
 @pytest.mark.slow
@@ -354,14 +359,8 @@ def test_scontrol_requeue_preempts_checkpoints_and_resumes(tmp_path: Path, data_
     import torch
 
     root = tmp_path / "runs"
-    point = ["model=tiny_s", "data=syn4k", "samples=s18k", "eval=none", "train.checkpoint_every=4"]
-    assert launch(root, data_root, *point).returncode == 0
-    (run_id, entry), = manifest(root).items()
-    run, jid = root / run_id, entry["job_id"]
-    deadline = time.time() + 180
-    while not list((run / "checkpoints").glob("step_*.pt.done")):
-        assert time.time() < deadline, rundir.events(run)[-3:]
-        time.sleep(0.5)
+    run_id, entry, run = launch_until_checkpoint(root, data_root, "eval=none")
+    jid = entry["job_id"]
     subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
     deadline = time.time() + 60
     while not any(e["event"] == "preempted" for e in rundir.events(run)):
@@ -371,10 +370,7 @@ def test_scontrol_requeue_preempts_checkpoints_and_resumes(tmp_path: Path, data_
     while slurm.queue().get(jid) != "PENDING":
         assert time.time() < deadline, slurm.queue()
         time.sleep(0.5)
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s18k, eval: none, "
-                     "train.checkpoint_every: 4}\n")
-    table = status(root, data_root, sweep)
+    table = status(root, data_root, long_sweep(tmp_path))
     assert f"{run_id}  requeued" in table and "waiting: BeginTime" in table, table
     subprocess.run(["scontrol", "update", f"jobid={jid}", "starttime=now"], check=True)
     wait_gone([jid])
