@@ -296,7 +296,8 @@ def analyze(
             curves = pd.DataFrame()
         if curves.empty:
             problems.append(
-                "no intermediate evaluations (records with final: false): learning curves empty"
+                "no intermediate evaluations (records with final: false), so the learning-curve "
+                "figures are empty: train with train.zeroshot_every=M to record them"
             )
         figures, plot_problems = all_figures(points, fits, out, present, curves)
         written += figures
