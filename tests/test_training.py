@@ -6,7 +6,11 @@ import contextlib
 import io
 import json
 import math
+import os
 import random
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -47,6 +51,22 @@ def write_shards(folder: Path, n_shards: int = 2, per_shard: int = 128) -> str:
                     {"__key__": key, "jpg": _jpeg(rng), "txt": text, "json": json.dumps(meta)}
                 )
     return str(folder / f"{{00000..{n_shards - 1:05d}}}.tar")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn_python(code: str, **env: str) -> subprocess.Popen:
+    """A child Python running ``code`` (dedented) in the repository, one thread, with the extra
+    environment ``env``; stdout and stderr piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def make_cfg(shards: str, **over: object) -> DictConfig:

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from test_training import make_cfg, write_shards
+from test_training import make_cfg, spawn_python, write_shards
 
 from training import checkpoint
 from training.train import LOG_FILE
-
-ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import torch
@@ -56,28 +50,8 @@ def test_two_ranks_end_with_identical_weights(tmp_path: Path):
         out=str(tmp_path), cfg=str(tmp_path / "cfg.yaml"), run_dir=str(tmp_path / "run")
     )
     port = str(_free_port())
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "OMP_NUM_THREADS": "1",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", textwrap.dedent(code)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+    procs = [spawn_python(code, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for rank in (0, 1)]
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]

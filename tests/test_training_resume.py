@@ -8,23 +8,19 @@ shrunk to 3 so that the 8 steps cross data-segment boundaries and a resume lands
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_training import make_cfg
+from test_training import make_cfg, spawn_python
 
 from training import checkpoint, data
 from training.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8
 SEGMENT = 3
 ATOL = 1e-6
@@ -95,15 +91,7 @@ def _child(cfg, run_dir: Path, mode: str, at: int = 0) -> subprocess.Popen:
     cfg_path = run_dir.parent / "cfg.yaml"
     OmegaConf.save(cfg, cfg_path)
     code = CHILD.format(segment=SEGMENT, mode=mode, at=at, cfg=str(cfg_path), run_dir=str(run_dir))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn_python(code)
 
 
 def _resume_and_compare(cfg, run_dir: Path, straight, monkeypatch, from_step: int) -> None:
