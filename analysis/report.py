@@ -21,9 +21,10 @@ Outputs in ``out`` (all written atomically):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -50,32 +51,33 @@ class Report:
     def summary(self) -> str:
         lines = ["scaling-law exponents (E = A * C^alpha; C in GMACs, E = 1 - metric):"]
         lines += [_fit_line(r) for r in self.fits.itertuples()] or ["  (no fits)"]
-        tests = self.extras.get("family_tests")
-        if tests is not None and not tests.empty:
-            lines.append("do the families' exponents differ? (OLS log_e ~ log_c * family)")
-            lines += [
-                f"  {r.task:<20} {r.metric:<25} {r.method:<5} {r.family_a} {r.alpha_a:+.3f} vs "
-                f"{r.family_b} {r.alpha_b:+.3f}: diff {r.alpha_diff:+.3f} "
-                f"[{r.diff_low:+.3f}, {r.diff_high:+.3f}], p={r.p_value:.3g}"
-                for r in tests.itertuples()
-            ]
-        held = self.extras.get("holdout_summary")
-        if held is not None and not held.empty:
-            lines.append("held-out check (fit on the smaller models, predict the larger):")
-            lines += [
-                f"  {r.task:<20} {r.metric:<25} {r.family:<10} {r.method:<5} {r.heldout}: "
-                f"mean |rel. error| {100 * r.mean_abs_rel_error:.1f}% over {r.n_heldout} run(s)"
-                for r in held.itertuples()
-            ]
-        preds = self.extras.get("predictions")
-        if preds is not None and not preds.empty:
-            lines.append("predictions (95% prediction interval of the error):")
-            lines += [_pred_line(r) for r in preds.itertuples()]
+        lines += self._section(
+            "family_tests", "do the families' exponents differ? (OLS log_e ~ log_c * family)",
+            lambda r: f"  {r.task:<20} {r.metric:<25} {r.method:<5} {r.family_a} {r.alpha_a:+.3f} vs "
+            f"{r.family_b} {r.alpha_b:+.3f}: diff {r.alpha_diff:+.3f} "
+            f"[{r.diff_low:+.3f}, {r.diff_high:+.3f}], p={r.p_value:.3g}",
+        )
+        lines += self._section(
+            "holdout_summary", "held-out check (fit on the smaller models, predict the larger):",
+            lambda r: f"  {r.task:<20} {r.metric:<25} {r.family:<10} {r.method:<5} {r.heldout}: "
+            f"mean |rel. error| {100 * r.mean_abs_rel_error:.1f}% over {r.n_heldout} run(s)",
+        )
+        lines += self._section(
+            "predictions", "predictions (95% prediction interval of the error):", _pred_line
+        )
         if self.problems:
             lines.append("problems:")
             lines += [f"  - {p}" for p in self.problems]
         lines += _written_lines(self.written)
         return "\n".join(lines)
+
+
+    def _section(self, name: str, title: str, line: Callable[[Any], str]) -> list[str]:
+        """``title`` and one ``line(row)`` per row of the extra table ``name`` (none if empty)."""
+        table = self.extras.get(name)
+        if table is None or table.empty:
+            return []
+        return [title, *(line(r) for r in table.itertuples())]
 
 
 def _written_lines(written: list[Path]) -> list[str]:
