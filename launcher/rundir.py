@@ -104,31 +104,31 @@ def events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def state(path: Path) -> str:
-    """One of :data:`STATES`, from the status log."""
-    evs: list[Any] = []
-    for e in events(path):
+def state(path: Path, evs: list[dict[str, Any]] | None = None) -> str:
+    """One of :data:`STATES`, from the status log (``evs``: its events, when already read)."""
+    names: list[Any] = []
+    for e in events(path) if evs is None else evs:
         ev = e.get("event")
-        if ev == "cancel_failed" and "cancelled" in evs:  # scancel failed: the cancel did not happen
-            del evs[len(evs) - 1 - evs[::-1].index("cancelled")]
+        if ev == "cancel_failed" and "cancelled" in names:  # scancel failed: the cancel did not happen
+            del names[len(names) - 1 - names[::-1].index("cancelled")]
         elif ev != "skipped":
-            evs.append(ev)
-    if not evs:
+            names.append(ev)
+    if not names:
         return "new"
-    for ev in reversed(evs):
+    for ev in reversed(names):
         if ev == "cancelled":
             return "cancelled"
         if ev in ("submitted", "start"):
             break
-    last = evs[-1]
+    last = names[-1]
     if last in ("done", "failed", "submitted", "trained"):
         return str(last)
     return "partial"
 
 
-def training_finished(path: Path) -> bool:
+def training_finished(path: Path, evs: list[dict[str, Any]] | None = None) -> bool:
     """True once the run's training logged ``trained`` (its final checkpoint is complete)."""
-    return any(e.get("event") == "trained" for e in events(path))
+    return any(e.get("event") == "trained" for e in (events(path) if evs is None else evs))
 
 
 def last_error(path: Path) -> str | None:

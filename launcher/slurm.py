@@ -85,16 +85,12 @@ def accounting(job_ids: Iterable[str]) -> dict[str, str]:
     return jobs
 
 
-def job_id(path: Path) -> str | None:
-    """The SLURM job id that owns the run folder ``path`` now (from its status log)."""
-    return job_info(path)[0]
-
-
-def point_jobs(path: Path) -> dict[str, str]:
+def point_jobs(path: Path, evs: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """The jobs of the point's latest submission: ``{"train": id, "eval": id}`` (either may be
-    absent), as its status log records them (``submitted``, then each job's own events)."""
+    absent), as its status log records them (``submitted``, then each job's own events);
+    ``evs``: the log's events, when already read."""
     jobs: dict[str, str] = {}
-    for ev in rundir.events(path):
+    for ev in rundir.events(path) if evs is None else evs:
         name, stage = ev.get("event"), ev.get("stage") or "train"
         if name == "submitted":
             jobs = {}
@@ -107,13 +103,13 @@ def point_jobs(path: Path) -> dict[str, str]:
     return jobs
 
 
-def job_info(path: Path) -> tuple[str | None, str | None, str | None]:
+def job_info(path: Path, evs: list[dict[str, Any]] | None = None) -> tuple[str | None, str | None, str | None]:
     """(job id that owns the run folder now, its stage ``train``/``eval``, the status log's last
     event). The training job owns it until training has finished, then the evaluation job."""
-    evs = rundir.events(path)
+    evs = rundir.events(path) if evs is None else evs
     last = evs[-1].get("event") if evs else None
-    jobs = point_jobs(path)
-    if "eval" in jobs and (rundir.training_finished(path) or "train" not in jobs):
+    jobs = point_jobs(path, evs)
+    if "eval" in jobs and (rundir.training_finished(path, evs) or "train" not in jobs):
         return jobs["eval"], "eval", last
     if "train" in jobs:
         return jobs["train"], "train", last
@@ -166,8 +162,9 @@ def cancel(root: Path, run_ids: list[str] | None = None) -> list[str]:
                                                                 if (p / "status.jsonl").exists())
     hits: dict[Path, list[str]] = {}
     for path in chosen:
-        queued = sorted(j for j in point_jobs(path).values() if j in squeue)
-        if queued and rundir.state(path) not in ("done", "failed", "cancelled"):
+        evs = rundir.events(path)
+        queued = sorted(j for j in point_jobs(path, evs).values() if j in squeue)
+        if queued and rundir.state(path, evs) not in ("done", "failed", "cancelled"):
             hits[path] = queued
     for path, jobs in hits.items():
         rundir.log_event(path, "cancelled", job_id=jobs[0], jobs=jobs, by="launcher.slurm cancel")

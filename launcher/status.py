@@ -115,8 +115,9 @@ def live_states(points: list[Entry]) -> list[tuple[str, str | None, str]]:
     """(state, job, why) per point: the run folder's state refined by squeue/sacct; the job is
     the one that owns the point now (``123_4``, or ``123_4 eval`` for its evaluation job); why:
     squeue's reason for a job that waits (``Dependency``, ``BeginTime``, ``ReqNodeNotAvail``...)."""
-    infos = [slurm.job_info(p.run_dir) for p in points]
-    run_states = [rundir.state(p.run_dir) for p in points]
+    logs = [rundir.events(p.run_dir) for p in points]  # each status log read once
+    infos = [slurm.job_info(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
+    run_states = [rundir.state(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
     detail: dict[str, tuple[str, str]] = {}
     sacct: dict[str, str] = {}
     open_ = [j for (j, _, _), st in zip(infos, run_states, strict=True)

@@ -159,12 +159,13 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
             ov = list(ov)
             point = self._plan.get(tuple(ov)) or make_point(
                 ov, self.hydra_context.config_loader.load_sweep_config(self.config, ov))
-            queued = [j for j in slurm.point_jobs(point.run_dir).values() if j in squeue]
+            evs = rundir.events(point.run_dir)
+            queued = [j for j in slurm.point_jobs(point.run_dir, evs).values() if j in squeue]
             if queued and point.state != "done":
                 active.append(f"{point.run_id} (job {', '.join(f'{j} {squeue[j].lower()}' for j in queued)})")
                 continue
             has_eval = len(point.cfg.eval.datasets) > 0
-            if rundir.training_finished(point.run_dir) and has_eval:
+            if rundir.training_finished(point.run_dir, evs) and has_eval:
                 key = ("eval", 1)
             elif has_eval and self._separate_eval:
                 key = ("train", point.nodes)
