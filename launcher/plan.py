@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from braceexpand import braceexpand
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from launcher import rundir
 from launcher.identity import run_id
@@ -135,7 +135,7 @@ def _missing_keys(cfg: DictConfig) -> set[str]:
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 walk(v, f"{key}[{i}]")
-        elif value == MISSING_VALUE:
+        elif value == MISSING:
             out.add(key)
 
     for k in cfg:
@@ -148,9 +148,6 @@ def _missing_keys(cfg: DictConfig) -> set[str]:
         if OmegaConf.is_config(node):
             walk(OmegaConf.to_container(node, resolve=False, throw_on_missing=False), str(k))
     return out
-
-
-MISSING_VALUE = "???"
 
 
 def _check_shards(where: str, pattern: str) -> None:
