@@ -34,10 +34,6 @@ class Entry:
     run_dir: Path
     samples_seen: int
 
-    @property
-    def state(self) -> str:
-        return rundir.state(self.run_dir)
-
 
 def _plan_key(name: str, overrides: list[str]) -> str:
     """Hash of everything a point's run id and size follow from: the sweep file, the overrides,
