@@ -20,6 +20,8 @@ from launcher.identity import run_id
 
 PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+STAGES = ("all", "train", "eval")
+"""``stage=``: train then evaluate, train only (SLURM evaluates in a job of its own), evaluate only."""
 
 
 class ConfigError(ValueError):
@@ -100,6 +102,8 @@ def check(point: Point, need_data: bool = True) -> None:
             hint = (f" (data={cfg.data.name} needs the img2dataset shards of {cfg.data.label}: "
                     f"pass \"data.shards='/path/to/{cfg.data.name}/{{00000..NNNNN}}.tar'\")")
         raise ConfigError(f"{where}: missing required value(s) {', '.join(missing)}{hint}")
+    if cfg.get("stage", "all") not in STAGES:
+        raise ConfigError(f"{where}: stage={cfg.stage!r} is not one of {', '.join(STAGES)}")
     if cfg.model.precision not in PRECISIONS:
         raise ConfigError(f"{where}: model.precision={cfg.model.precision!r} is not one of {', '.join(PRECISIONS)}")
     for key in ("model.global_batch", "model.local_batch", "samples.seen"):

@@ -144,9 +144,17 @@ def update_manifest(path: Path, entries: dict[str, dict[str, Any]]) -> None:
     """Merge ``entries`` (run id -> {overrides, job_id, ...}) into the manifest, atomically."""
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        if not isinstance(doc, dict) or not isinstance(doc.get("points"), dict):
+            raise ValueError("not a manifest: no mapping under 'points'")
+    except FileNotFoundError:
         doc = {"points": {}}
-    doc.setdefault("points", {}).update(entries)
+    except (OSError, ValueError) as e:  # keep the unreadable one for the operator; start anew
+        kept = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        path.rename(kept)
+        print(f"warning: manifest {path} is unreadable ({e}); moved to {kept}, a new one is "
+              "written (the run folders' status logs still name every job)", file=sys.stderr)
+        doc = {"points": {}}
+    doc["points"].update(entries)
     doc["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(path, doc)
 

@@ -3,6 +3,7 @@ and the rules that combine it with squeue/sacct (slurm.live_state, slurm.job_inf
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,24 @@ def test_the_training_job_owns_a_point_until_trained_then_its_evaluation_job(tmp
 ])
 def test_live_state(run_state, squeue, sacct, last, live) -> None:
     assert slurm.live_state(run_state, "5", squeue, sacct, last) == live
+
+
+def test_an_unreadable_manifest_is_kept_aside_not_overwritten(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "_slurm" / "cli.json"
+    path.parent.mkdir()
+    path.write_text('{"points": {"a-1": {"job_id": "5"}')  # torn
+    slurm.update_manifest(path, {"b-2": {"job_id": "6"}})
+    kept, = path.parent.glob("cli.json.unreadable-*")
+    assert kept.read_text() == '{"points": {"a-1": {"job_id": "5"}'
+    assert list(json.loads(path.read_text())["points"]) == ["b-2"]
+    assert "unreadable" in capsys.readouterr().err
+    slurm.update_manifest(path, {"c-3": {"job_id": "7"}})  # a good one is merged into
+    assert list(json.loads(path.read_text())["points"]) == ["b-2", "c-3"]
+
+
+def test_a_misspelt_stage_is_refused_before_anything_runs(make_cfg) -> None:
+    from launcher.plan import ConfigError, check, make_point
+
+    cfg = make_cfg("stage=trian")
+    with pytest.raises(ConfigError, match="stage='trian' is not one of all, train, eval"):
+        check(make_point(["stage=trian"], cfg))
