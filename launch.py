@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from launcher import schema  # noqa: E402
+from core import schema  # noqa: E402
 from launcher.run import run_point  # noqa: E402
 
 schema.register()

@@ -1,6 +1,6 @@
 """Analysis stage: scaling-law fits and figures from evaluation records and the paper's data.
 
-Reads only result records (``evaluation.store``) and ``analysis/reference/*.csv``.
+Reads only result records (``store``) and ``core/reference/*.csv``.
 
     from analysis import load, error_points, fit_all, analyze
     df, problems = load("paper")                # or "store" (root=...), or "both"

@@ -2,10 +2,10 @@
 
 Two sources feed the analysis:
 
-* ``paper``: the published study (``analysis/reference/zeroshot_results.csv``), 29 OpenCLIP
+* ``paper``: the published study (``core/reference/zeroshot_results.csv``), 29 OpenCLIP
   runs (family ``openclip``) and 3 OpenAI CLIP models (family ``openai``);
 * ``store``: the evaluation records of our own sweeps (``<root>/<run_id>/eval/step_*/…json``,
-  read through ``evaluation.store.read_records``); each row keeps its record's ``family``.
+  read through ``store.read_records``); each row keeps its record's ``family``.
 
 Both come out with the reference columns (arch, samples_seen, gmacs_total, gmacs,
 upstream_dataset, downstream_dataset, acc1, …, task, samples_seen_pretty, name) plus
@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation.export import REFERENCE_COLUMNS as CSV_COLUMNS
-
-REFERENCE_DIR = Path(__file__).parent / "reference"
-PAPER_CSV = REFERENCE_DIR / "zeroshot_results.csv"
+from core.reference import PAPER_CSV, model_label
+from store.export import REFERENCE_COLUMNS as CSV_COLUMNS
 
 # The paper's headline targets (its Figure 1 and Table 1), in the reference CSV's names.
 PAPER_DEFAULT_TASKS = ("imagenet1k", "mscoco_captions", "flickr30k", "vtab+", "imagenet_robustness")
@@ -52,17 +50,11 @@ EXTRA_COLUMNS = ("family", "model_label", "data_label", "run_id", "step", "final
 COLUMNS = REFERENCE_COLUMNS + EXTRA_COLUMNS
 
 
-def _model_label(arch: str) -> str:
-    """``ViT-B-32`` -> ``ViT-B/32``, as the paper's figures spell it."""
-    head, _, tail = arch.rpartition("-")
-    return f"{head}/{tail}" if head and tail.isdigit() else arch
-
-
 def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
     """The published results, one row per (model, downstream dataset), every row final."""
     df = pd.read_csv(path)
     df["family"] = np.where(df["upstream_dataset"] == "CLIP-WIT", "openai", "openclip")
-    df["model_label"] = df["arch"].map(_model_label)
+    df["model_label"] = df["arch"].map(model_label)
     df["data_label"] = df["upstream_dataset"]
     df["run_id"] = df["name"]
     df["step"] = np.nan
@@ -72,7 +64,7 @@ def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
 
 
 def _read_records(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    from evaluation.store import read_records
+    from store import read_records
 
     records, problems = read_records(root)
     return list(records), [_problem_text(p) for p in problems]

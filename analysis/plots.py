@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.load import size_of  # noqa: E402
-from training.io import atomic_write_bytes  # noqa: E402
+from core.atomic import atomic_write_bytes  # noqa: E402
 
 FORMATS = ("png", "svg")
 TASK_TITLES = {

@@ -33,7 +33,7 @@ from analysis.fit import FIT_COLUMNS, error_points, fit_all
 from analysis.html import render
 from analysis.load import size_of
 from analysis.plots import all_figures, slug
-from training.io import atomic_write_text
+from core.atomic import atomic_write_text
 
 FAMILY_ORDER = {"openclip": 0, "openai": 1}
 

@@ -39,7 +39,7 @@ RESULTS = REPO / "benchmarks" / "results"
 def _cfg(model: str, tmp: Path):
     from hydra import compose, initialize_config_dir
 
-    from launcher import schema
+    from core import schema
 
     schema.register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -76,9 +76,9 @@ def _count(folder: Path) -> int:
 def measure(model: str, tmp: Path) -> dict:
     import open_clip
 
+    from core.models import register_model_configs
     from evaluation.evaluate import evaluate
-    from training.models import register_model_configs
-    from training.synthetic import ensure_datasets
+    from synthetic import ensure_datasets
 
     cfg = _cfg(model, tmp)
     ensure_datasets(cfg, eval_only=True)

@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from core.atomic import atomic_write_json  # noqa: E402
 from launcher import rundir, status  # noqa: E402
-from training.io import atomic_write_json  # noqa: E402
 
 
 def fill(entries: list[status.Entry]) -> None:

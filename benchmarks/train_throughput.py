@@ -2,7 +2,7 @@
 
 Both trainers run in this one process, one after the other, ``--rounds`` times each
 (alternating, so that a neighbour's load on shared cores hits both alike), on the same embedded
-shards (``training.synthetic``) with the same model, batch, precision and loader workers.
+shards (``synthetic``) with the same model, batch, precision and loader workers.
 Steady state: the per-step times after ``--warmup`` steps, from each trainer's own per-step log
 (ours: ``train_log.jsonl`` with ``log_every=1``; open_clip_train: its ``--log-every-n-steps 1``
 lines). samples/s = samples of the timed steps / their summed step times; the best round of
@@ -28,8 +28,9 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from launcher import schema  # noqa: E402
-from training import models, synthetic  # noqa: E402
+import synthetic  # noqa: E402
+from core import schema  # noqa: E402
+from core.models import register_model_configs  # noqa: E402
 from training.train import LOG_FILE, train  # noqa: E402
 
 ARCHES = {"tiny_s": ("clipscale-tiny-s", 0.00424), "tiny_m": ("clipscale-tiny-m", None)}
@@ -90,7 +91,7 @@ def run_ours(shards: str, arch: str, gmacs: float, a: argparse.Namespace, work: 
 def run_open_clip_train(shards: str, arch: str, a: argparse.Namespace, work: Path) -> float:
     from open_clip_train.main import main
 
-    models.register_model_configs()
+    register_model_configs()
     capture = _Capture()
     logging.getLogger().addHandler(capture)
     logs = Path(tempfile.mkdtemp(dir=work, prefix="oct-"))

@@ -43,7 +43,7 @@ _COMMANDS = ("list", "run", "checkpoint", "export", "import-paper")
 def _list(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from evaluation.store import read_records, records_to_frame
+    from store import read_records, records_to_frame
 
     records, problems = read_records(args.root)
     frame = records_to_frame(records)
@@ -72,7 +72,7 @@ def eval_group(name: str) -> Any:
     """``conf/eval/<name>.yaml`` checked against the schema (interpolations left unresolved)."""
     from omegaconf import OmegaConf
 
-    from launcher.schema import EvalConfig
+    from core.schema import EvalConfig
 
     path = CONF_EVAL / f"{name}.yaml"
     if not path.is_file():
@@ -83,7 +83,7 @@ def eval_group(name: str) -> Any:
 
 def _evaluate(cfg: Any, run_dir: Path, ckpt: Path, step: int, final: bool) -> list[dict]:
     from evaluation.evaluate import evaluate, missing_roots, plan_jobs
-    from training.synthetic import ensure_datasets
+    from synthetic import ensure_datasets
 
     if cfg.get("data_root") is not None:
         ensure_datasets(cfg, eval_only=True)  # the embedded sets, if configured and missing
@@ -121,20 +121,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _label(arch: str) -> str:
-    head, _, tail = arch.rpartition("-")
-    return f"{head}/{tail}" if head and tail.isdigit() else arch
-
-
 def _checkpoint(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
+
+    from core.reference import model_label
 
     path = Path(args.path)
     digest = hashlib.sha256(f"{path.resolve()}|{args.arch}".encode()).hexdigest()[:8]
     run_id = args.run_id or f"ckpt-{path.stem}-{digest}"
     cfg = OmegaConf.create(
         {
-            "model": {"name": args.arch, "arch": args.arch, "label": _label(args.arch),
+            "model": {"name": args.arch, "arch": args.arch, "label": model_label(args.arch),
                       "gmacs": args.gmacs, "global_batch": args.global_batch},
             "data": {"name": args.data, "label": args.data, "synthetic": False},
             "samples": {"name": str(args.step * args.global_batch)},
@@ -150,7 +147,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from evaluation.export import export_csv
+    from store.export import export_csv
 
     n, problems = export_csv(args.root, args.out, all_steps=args.all_steps)
     print(f"wrote {n} rows to {args.out}")
@@ -158,7 +155,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import_paper(args: argparse.Namespace) -> int:
-    from evaluation.export import PAPER_CSV, import_paper
+    from core.reference import PAPER_CSV
+    from store.export import import_paper
 
     written, unchanged = import_paper(args.root, args.csv or PAPER_CSV)
     print(f"paper results into {args.root}: {written} records written, {unchanged} unchanged")
@@ -198,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_export)
     s = sub.add_parser("import-paper", help="the paper's results into the store")
     s.add_argument("--root", default="runs")
-    s.add_argument("--csv", help="default: analysis/reference/zeroshot_results.csv")
+    s.add_argument("--csv", help="default: core/reference/zeroshot_results.csv")
     s.set_defaults(func=_import_paper)
     return p
 

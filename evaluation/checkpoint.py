@@ -9,13 +9,12 @@ unexpected and mis-shaped keys, with examples).
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from core.models import quiet_model_build, register_model_configs
 
 
 class CheckpointError(ValueError):
@@ -81,34 +80,16 @@ def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
         )
 
 
-class _NoRandomInitWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_random_init() -> Iterator[None]:
-    """Hide open_clip's "initialized randomly" warning: the weights are loaded right after."""
-    root, quiet = logging.getLogger(), _NoRandomInitWarning()
-    root.addFilter(quiet)
-    try:
-        yield
-    finally:
-        root.removeFilter(quiet)
-
-
 def load_model(arch: str, path: str | Path, device: str) -> tuple[Any, Any, Any]:
     """open_clip model ``arch`` with the weights of ``path`` (eval mode, on ``device``), its
     validation transform and tokenizer."""
     import open_clip
 
-    from training.models import register_model_configs
-
     path = Path(path)
     state = load_state_dict(path)  # first: a bad file fails before a large model is built
     register_model_configs()  # the tiny clipscale archs
     try:
-        with _quiet_random_init():
+        with quiet_model_build(info=True):
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
     except RuntimeError as e:
         raise ValueError(f"unknown open_clip architecture {arch!r}: {_first_line(e)}") from e

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from evaluation import store
+import store
 from evaluation.probe import linear_probe, probe_task
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def evaluate(
     """Evaluate ``checkpoint`` (step ``step`` of the run in ``run_dir``) on ``cfg.eval``.
 
     Each dataset is read from ``root`` in clip_benchmark's ``wds/`` layout; one record per
-    (dataset, task) is written to the store (``evaluation.store``): zero-shot classification
+    (dataset, task) is written to the store (``store``): zero-shot classification
     and retrieval with clip_benchmark's metrics, linear probes one per ``eval.probe.fewshot_k``
     (task ``linear_probe`` / ``linear_probe_<k>shot``, metrics ``lp_acc1``...). Then every
     ``eval.aggregates`` entry whose members all have a record gets a record of its own.
@@ -107,7 +107,7 @@ def probe_settings(eval_cfg: Any) -> Any:
     """``eval_cfg.probe`` with the schema's defaults for what it leaves out."""
     from omegaconf import OmegaConf
 
-    from launcher.schema import ProbeConfig
+    from core.schema import ProbeConfig
 
     return OmegaConf.merge(OmegaConf.structured(ProbeConfig), eval_cfg.get("probe") or {})
 

@@ -135,7 +135,7 @@ def app_composer(config_dir: Path, config_name: str = "config") -> Iterator[Comp
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from launcher import schema
+    from core import schema
 
     schema.register()
     primary = OmegaConf.load(Path(config_dir) / f"{config_name}.yaml")

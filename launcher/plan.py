@@ -15,8 +15,8 @@ from pathlib import Path
 from braceexpand import braceexpand
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from core.identity import run_id
 from launcher import rundir
-from launcher.identity import run_id
 
 PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")

@@ -61,8 +61,9 @@ def run_point(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, 
     tic = time.time()
     result: dict[str, Any] = {}
     try:
+        import synthetic
         from evaluation.evaluate import evaluate
-        from training import checkpoint, synthetic
+        from training import checkpoint
         from training.train import train
 
         synthetic.ensure_datasets(cfg, eval_only=stage == "eval")
@@ -115,7 +116,7 @@ def _follower(cfg: DictConfig, path: Any, stage: str) -> dict[str, Any]:
     """Rank > 0 of a multi-process job: train alongside rank 0, write nothing of the run's own."""
     if stage == "eval":
         raise RuntimeError("stage=eval runs as one process; this job has several (RANK > 0)")
-    from training import synthetic
+    import synthetic
     from training.train import train
 
     synthetic.ensure_datasets(cfg)

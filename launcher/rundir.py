@@ -30,8 +30,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from launcher.identity import config_hash, identity, run_id
-from training.io import append_jsonl, atomic_write_json, atomic_write_text
+from core.atomic import append_jsonl, atomic_write_json, atomic_write_text
+from core.identity import config_hash, identity, run_id
 
 STATES = ("new", "submitted", "partial", "trained", "done", "failed", "cancelled")
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from core.atomic import atomic_write_json
 from launcher import rundir
-from training.io import atomic_write_json
 
 # SLURM job states -> the sweep's states (sacct/squeue long names)
 ACTIVE = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "requeued",

@@ -59,7 +59,7 @@ def sweep_points(name: str, overrides: list[str], root: Path) -> list[Entry]:
         rows = json.loads(cache.read_text())
     except (OSError, ValueError):
         rows = _compose_points(name, overrides)
-        from training.io import atomic_write_json
+        from core.atomic import atomic_write_json
 
         try:
             atomic_write_json(cache, rows)
@@ -69,8 +69,8 @@ def sweep_points(name: str, overrides: list[str], root: Path) -> list[Entry]:
 
 
 def _compose_points(name: str, overrides: list[str]) -> list[tuple[str, int]]:
+    from core.identity import run_id
     from launcher.compose import app_composer
-    from launcher.identity import run_id
     from launcher.plan import Point
 
     points: dict[str, int] = {}

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from launcher import schema
+from core import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

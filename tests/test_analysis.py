@@ -156,7 +156,7 @@ SAMPLES = {"s6k": 6144, "s18k": 18432, "s54k": 55296}
 
 
 def record(run_id, model, data, samples, dataset, task, metrics, step, final, family="demo"):
-    """A record with every key evaluation.store requires, as the evaluation stage writes it."""
+    """A record with every key store requires, as the evaluation stage writes it."""
     label, arch, gmacs = MODELS[model]
     seen = SAMPLES[samples] if final else SAMPLES[samples] // 2
     return {

@@ -11,9 +11,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from launcher import schema
+from core import schema
+from core.identity import run_id
 from launcher.compose import Composer, app_composer, sweep_composer
-from launcher.identity import run_id
 from launcher.plan import ConfigError
 from launcher.sweep import load_sweep, plan_sweep
 

@@ -11,7 +11,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from launcher.identity import config_hash, identity, run_id
+from core.identity import config_hash, identity, run_id
 from launcher.plan import ConfigError, check, make_point, table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def test_paper_models_carry_reference_values(make_cfg, model, arch, gmacs, batch
     cfg = make_cfg(f"model={model}", "data=laion400m", "samples=13B")
     assert cfg.model.arch == arch
     assert cfg.model.global_batch == batch
-    ref = {r["model"]: r for r in csv.DictReader(open(ROOT / "analysis/reference/arch_info.csv"))}
+    ref = {r["model"]: r for r in csv.DictReader(open(ROOT / "core/reference/arch_info.csv"))}
     assert cfg.model.gmacs == pytest.approx(float(ref[arch]["gmacs"]))
     assert cfg.model.gmacs == pytest.approx(gmacs, rel=0.01)
 
@@ -47,7 +47,7 @@ def test_tiny_model_gmacs_match_a_flop_count(make_cfg):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.models import register_model_configs
+    from core.models import register_model_configs
 
     register_model_configs()
     for name in ("tiny_s", "tiny_m"):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.store import read_records
 from launcher import rundir
+from store import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from evaluation import store
+import store
+from core.models import register_model_configs
 from evaluation.evaluate import evaluate
-from training.models import register_model_configs
 
 N_IMAGES = 64
 ARCH = "clipscale-tiny-s"
@@ -156,8 +156,8 @@ def test_evaluate_writes_records_then_resumes(eval_sets, checkpoint, tmp_path):
 
 
 def test_embedded_config_on_generated_sets(make_cfg, checkpoint):
-    """The real composed config (eval=embedded) on training/synthetic.py's held-out sets."""
-    from training.synthetic import generate_eval
+    """The real composed config (eval=embedded) on synthetic/generate.py's held-out sets."""
+    from synthetic import generate_eval
 
     cfg = make_cfg()
     generate_eval(Path(cfg.data_root) / "synthetic" / "eval", n_classification=48, n_retrieval=48)

@@ -13,14 +13,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import store
+from core.models import register_model_configs
+from core.reference import PAPER_CSV
 from evaluation import __main__ as cli
-from evaluation import store
 from evaluation.checkpoint import CheckpointError, load_model, load_state_dict
 from evaluation.evaluate import _aggregates, missing_roots, plan_jobs
-from evaluation.export import PAPER_CSV, REFERENCE_COLUMNS, export_csv, import_paper
 from evaluation.probe import fewshot_indices, linear_probe, probe_task
+from store.export import REFERENCE_COLUMNS, export_csv, import_paper
 from tests.test_evaluation import ARCH, write_classification_set, write_retrieval_set
-from training.models import register_model_configs
 
 torch.set_num_threads(1)
 

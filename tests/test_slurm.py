@@ -281,7 +281,7 @@ def test_two_node_ddp_job_and_evaluation_jobs_that_wait_for_their_own_training(
     trains, B's training fails (lr = 1e30: non-finite losses). Their evaluation jobs (1 node
     each) form a second array that depends on the first task by task: A's runs after A's
     training, on the weights both ranks ended with; B's never runs (SLURM cancels it)."""
-    from evaluation.store import read_records
+    from store import read_records
     from training import checkpoint
     from training.train import weights_digest
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import store
+import store
 
 
 def make_record(**overrides):
@@ -113,7 +113,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, caplog):
     assert "gmacs" in reasons[missing]
     assert "schema_version" in reasons[future]
     assert "not a JSON object" in reasons[not_object]
-    with caplog.at_level(logging.WARNING, logger="evaluation.store"):
+    with caplog.at_level(logging.WARNING, logger="store"):
         frame = store.records_frame(tmp_path)
     assert len(frame) == 1
     for path in (truncated, not_json, missing, future, not_object):

@@ -9,7 +9,7 @@ import pytest
 
 from launcher.sweep import SweepError, combine, load_sweep
 
-REF = Path(__file__).resolve().parent.parent / "analysis" / "reference"
+REF = Path(__file__).resolve().parent.parent / "core" / "reference"
 
 
 def test_demo_is_the_12_point_cube():

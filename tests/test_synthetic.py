@@ -17,16 +17,10 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from training import synthetic
-from training.synthetic import (
-    CLASSNAMES,
-    EVAL_SETS,
-    POSITION_CLASSNAMES,
-    SUCCESS,
-    ensure_datasets,
-    generate_eval,
-    generate_train,
-)
+from core import atomic
+from core.atomic import SUCCESS
+from synthetic import EVAL_SETS, ensure_datasets, generate, generate_eval, generate_train, scenes
+from synthetic.scenes import CLASSNAMES, POSITION_CLASSNAMES
 
 
 def _members(tar_path: Path) -> list[tuple[str, bytes]]:
@@ -86,7 +80,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path, train_set: 
 def test_same_bytes_in_another_process(tmp_path: Path, train_set: list[Path]) -> None:
     # Another interpreter with another hash seed: catches any dependence on set/dict-of-str
     # iteration order or on process state.
-    code = f"from training.synthetic import generate_train; generate_train({str(tmp_path / 'p')!r}, 250, 3, shard_size=100)"
+    code = f"from synthetic import generate_train; generate_train({str(tmp_path / 'p')!r}, 250, 3, shard_size=100)"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).parents[1])
     assert [(tmp_path / "p" / p.name).read_bytes() for p in train_set] == [p.read_bytes() for p in train_set]
@@ -109,9 +103,9 @@ def test_captions_mention_the_drawn_attributes(train_set: list[Path]) -> None:
         counts.add(len(objects))
         for obj in objects:
             assert f"{obj['color']} {obj['shape']}" in text, (text, obj)
-            assert obj["size"] in synthetic.SIZES and obj["position"] in synthetic.POSITIONS
+            assert obj["size"] in scenes.SIZES and obj["position"] in scenes.POSITIONS
         words = re.findall(r"[a-z]+", text)
-        assert sum(words.count(s) for s in synthetic.SHAPES) == len(objects), text
+        assert sum(words.count(s) for s in scenes.SHAPES) == len(objects), text
         tokens = tokenizer([text])[0]
         assert tokens[22:].eq(0).all(), f"caption truncated at 24 tokens: {text!r}"
     assert counts == {1, 2, 3}
@@ -135,7 +129,7 @@ def test_other_arguments_replace_the_folder(tmp_path: Path) -> None:
 def test_leftover_temporary_folder_of_a_killed_run_is_cleaned(tmp_path: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
-    prefix = synthetic._tmp_prefix(tmp_path / "d")
+    prefix = atomic._tmp_prefix(tmp_path / "d")
     stale = tmp_path / f"{prefix}{dead.pid}-deadbeef"
     live = tmp_path / f"{prefix}{os.getppid()}-0badf00d"  # a live writer's folder: left alone
     for folder in (stale, live):
@@ -328,7 +322,7 @@ def test_ensure_datasets_skips_real_data(tmp_path: Path) -> None:
 def test_the_composed_default_config(make_cfg) -> None:  # type: ignore[no-untyped-def]
     for data in ("syn4k", "syn32k"):  # both embedded data configs name the shards we write
         cfg = make_cfg(f"data={data}")
-        synthetic._check_shard_pattern(cfg.data.shards, math.ceil(cfg.data.num_samples / 1024))
+        generate._check_shard_pattern(cfg.data.shards, math.ceil(cfg.data.num_samples / 1024))
     cfg = make_cfg()
     ensure_datasets(cfg)
     shards = sorted(Path(cfg.data.shards).parent.glob("*.tar"))

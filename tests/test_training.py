@@ -20,7 +20,8 @@ import webdataset as wds
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from launcher import schema
+from core import schema
+from core.models import register_model_configs
 from training import checkpoint, data, models
 from training.train import LOG_FILE, make_plan, train
 
@@ -133,7 +134,7 @@ def test_run_writes_final_checkpoint_log_and_loads_in_open_clip(shards: str, tmp
 
     state = checkpoint.load(path)  # weights_only=True: only tensors and plain values inside
     assert state["step"] == 5 and state["arch"] == ARCH and state["epoch"] == 1
-    models.register_model_configs()
+    register_model_configs()
     import open_clip
 
     loaded, _, _ = open_clip.create_model_and_transforms(ARCH, pretrained=str(path))

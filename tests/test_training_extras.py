@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from test_evaluation import write_classification_set
 from test_training import _jpeg, make_cfg, write_shards
 
-from training import checkpoint, data, models
+from core.models import register_model_configs
+from training import checkpoint, data
 from training.train import LOG_FILE, train
 
 
@@ -67,7 +68,7 @@ def _write_bad_shards(folder: Path) -> str:
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_skipped_samples_and_shards_are_counted_across_workers(tmp_path: Path, workers: int):
-    models.register_model_configs()
+    register_model_configs()
     _, _, preprocess = open_clip.create_model_and_transforms("clipscale-tiny-s")
     tokenizer = open_clip.get_tokenizer("clipscale-tiny-s")
     counts = data.SkipCounts()
@@ -150,7 +151,7 @@ def test_weighted_lists_feed_the_loader_and_bad_weights_fail(tmp_path: Path):
 
 
 def test_shard_weights_change_the_run_id(shards: str):
-    from launcher.identity import config_hash
+    from core.identity import config_hash
 
     one = make_cfg(shards)
     two = make_cfg(f"{shards}::{shards}", data__shard_weights=[1.0, 2.0])

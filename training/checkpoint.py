@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.io import atomic_torch_save, atomic_write_json
+from core.atomic import atomic_torch_save, atomic_write_json
 
 FINAL = "final.pt"
 MARKER_SUFFIX = ".done"

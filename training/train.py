@@ -44,8 +44,8 @@ from open_clip import ClipLoss, get_input_dtype
 from open_clip_train.precision import get_autocast
 from open_clip_train.scheduler import cosine_lr
 
+from core.atomic import append_jsonl
 from training import checkpoint, data, models
-from training.io import append_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from launcher import schema
+from core import schema
 from launcher.compose import sweep_composer
 from launcher.plan import ConfigError
 from launcher.sweep import SweepError, plan_sweep, report_returns

@@ -1,7 +1,7 @@
 """The store and the paper's published results, in one table shape.
 
 ``export_csv`` writes the store's records with exactly the columns of the paper's
-``analysis/reference/zeroshot_results.csv`` (``REFERENCE_COLUMNS``), so the user's sweep and
+``core/reference/zeroshot_results.csv`` (``REFERENCE_COLUMNS``), so the user's sweep and
 the paper's runs load into one DataFrame. ``import_paper`` does the reverse: each row of that
 CSV becomes a store record of its own family (``openclip`` for LAION runs, ``openai`` for
 CLIP-WIT), under ``<root>/paper-<name>/eval/step_00000000/``; importing twice changes nothing.
@@ -16,9 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evaluation import store
-
-PAPER_CSV = Path(__file__).resolve().parent.parent / "analysis" / "reference" / "zeroshot_results.csv"
+import store
+from core.reference import PAPER_CSV, model_label
 
 METRICS = (
     "acc1",
@@ -99,11 +98,6 @@ def _run_id(row: dict[str, str]) -> str:
     return "paper-" + re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _model_label(arch: str) -> str:
-    head, _, tail = arch.rpartition("-")
-    return f"{head}/{tail}" if head and tail.isdigit() else arch
-
-
 def paper_record(row: dict[str, str]) -> dict[str, Any]:
     """One row of the paper's CSV as a store record (step 0, final, family openclip/openai)."""
     metrics = {k: _number(row[k]) for k in METRICS if _number(row[k]) is not None}
@@ -118,7 +112,7 @@ def paper_record(row: dict[str, str]) -> dict[str, Any]:
         "schema_version": store.SCHEMA_VERSION,
         "run_id": _run_id(row),
         "model_name": row["arch"],
-        "model_label": _model_label(row["arch"]),
+        "model_label": model_label(row["arch"]),
         "arch": row["arch"],
         "data": row["upstream_dataset"],
         "data_label": row["upstream_dataset"],

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from training.io import atomic_write_json
+from core.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 

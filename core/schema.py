@@ -33,7 +33,7 @@ class ModelConfig:
     name: str = MISSING
     """Short name used in run ids and tables (``vit_b32``)."""
     arch: str = MISSING
-    """open_clip architecture name (``ViT-B-32``, or one of ``training/model_configs``)."""
+    """open_clip architecture name (``ViT-B-32``, or one of ``core/model_configs``)."""
     label: str = _not_identity(MISSING)
     """Name shown in plots, as the paper writes it (``ViT-B/32``)."""
     gmacs: float = _not_identity(MISSING)

@@ -1,7 +1,7 @@
 """Run identity: a readable prefix plus a short hash of what changes a run's result.
 
 ``<model>-<data>-<samples>-<hash8>``, e.g. ``vit_b32-laion400m-13B-3f2a9c1e``. The hash covers the
-identity fields of the model, data, samples and train sections (see ``launcher.schema``): paths,
+identity fields of the model, data, samples and train sections (see ``core.schema``): paths,
 worker counts, logging cadence and the cluster are left out, so relaunching a sweep from another
 login node, disk or cluster finds the same folders. No timestamps: the same point always gets
 the same id.
@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from launcher.schema import IDENTITY_SECTIONS, non_identity_fields
+from core.schema import IDENTITY_SECTIONS, non_identity_fields
 
 
 def identity(cfg: DictConfig) -> dict[str, dict[str, Any]]:
