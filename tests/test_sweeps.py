@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 from launcher.sweep import SweepError, combine, load_sweep
 
-REF = Path(__file__).resolve().parent.parent / "core" / "reference"
+ROOT = Path(__file__).resolve().parent.parent
+REF = ROOT / "core" / "reference"
 
 
 def test_demo_is_the_12_point_cube():
@@ -36,6 +38,20 @@ def test_paper_sweep_is_exactly_the_published_29_runs():
     cube = {(m, d, s) for m in ("ViT-B-32", "ViT-B-16", "ViT-L-14") for d in data.values()
             for s in ("3B", "13B", "34B")}
     assert cube | {("ViT-H-14", "2B", "34B"), ("ViT-g-14", "2B", "13B")} == set(ours)
+
+
+def test_paper_sweep_is_what_its_generator_writes(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "make_paper_sweep", ROOT / "scripts" / "make_paper_sweep.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.render() == (ROOT / "sweeps" / "paper.yaml").read_text()
+    assert gen.main(["--check"]) == 0
+    out = tmp_path / "paper.yaml"
+    out.write_text("stale\n")
+    assert gen.main(["--check", "--out", str(out)]) == 1
+    assert gen.main(["--out", str(out)]) == 0
+    assert out.read_text() == gen.render()
 
 
 def test_command_line_axes_select_and_other_keys_apply_to_all():
