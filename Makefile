@@ -10,8 +10,6 @@ SWEEP ?= demo
 SOURCE ?= store
 OUT ?= reports/$(if $(filter paper,$(SOURCE)),paper,$(SWEEP))
 PYTEST_ARGS ?=
-# spinning OpenMP threads stall small CPU models whenever another process shares the cores
-export OMP_WAIT_POLICY ?= PASSIVE
 export TQDM_DISABLE ?= 1
 
 .DEFAULT_GOAL := help

@@ -7,17 +7,11 @@ See README.md. The sweeper (hydra_plugins/clipscale_sweeper) plans and checks th
 launcher (local, or submitit for SLURM) runs ``launcher.run.run_point`` for each point.
 """
 
-import os
+import hydra
+from omegaconf import DictConfig
 
-# Before torch loads OpenMP: spinning worker threads make small CPU models up to 10x slower
-# as soon as anything else (a data-loader worker, another job) shares the cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from core import schema  # noqa: E402
-from launcher.run import run_point  # noqa: E402
+from core import schema  # first project import: core sets OMP_WAIT_POLICY before torch loads
+from launcher.run import run_point
 
 schema.register()
 

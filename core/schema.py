@@ -13,10 +13,43 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Precision(StrEnum):
+    """open_clip's precision names (``--precision``)."""
+
+    amp = "amp"
+    amp_bf16 = "amp_bf16"
+    amp_bfloat16 = "amp_bfloat16"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    pure_bf16 = "pure_bf16"
+    pure_fp16 = "pure_fp16"
+    fp32 = "fp32"
+
+
+class Task(StrEnum):
+    """What an evaluation entry measures."""
+
+    zeroshot_classification = "zeroshot_classification"
+    zeroshot_retrieval = "zeroshot_retrieval"
+    linear_probe = "linear_probe"
+
+
+class Stage(StrEnum):
+    """What a job does with its point (``stage=``)."""
+
+    all = "all"
+    """Train, then evaluate."""
+    train = "train"
+    """Train only (the SLURM launcher evaluates in a dependent job of its own)."""
+    eval = "eval"
+    """Evaluate the finished training."""
 
 
 def _not_identity(default: Any = MISSING, **kw: Any) -> Any:
@@ -42,7 +75,7 @@ class ModelConfig:
     """Global batch the paper used by default for this model (pairs per optimizer step)."""
     local_batch: int = _not_identity(MISSING)
     """Per-device batch; with the cluster shape it fixes gradient accumulation, not the result."""
-    precision: str = "amp_bf16"
+    precision: Precision = Precision.amp_bf16
     """open_clip precision: amp_bf16, amp, fp32, bf16, pure_bf16, fp16, pure_fp16."""
     grad_checkpointing: bool = _not_identity(False)
     """Recompute activations in backward to save memory (same result, slower)."""
@@ -100,8 +133,8 @@ class TrainConfig:
     workers: int = _not_identity(2)
     """Data-loader processes per rank."""
     compile: bool = _not_identity(False)
-    """``torch.compile`` the model for the training step (on an H200, ViT-L/14 trains 1.37x
-    faster: benchmarks/results/gpu_throughput_compile.json); the first steps pay the compile."""
+    """``torch.compile`` the model for the training step (speed-ups measured in
+    benchmarks/results/gpu_throughput_compile.json); the first steps pay the compile."""
     log_every: int = _not_identity(10)
     """Steps between two lines of the training log."""
     checkpoint_every: int = _not_identity(0)
@@ -123,7 +156,7 @@ class EvalDatasetConfig:
 
     name: str = MISSING
     """clip_benchmark dataset name (``wds/imagenet1k`` style names are built from ``root``)."""
-    task: str = MISSING
+    task: Task = MISSING
     """zeroshot_classification, zeroshot_retrieval or linear_probe (one record per
     ``eval.probe.fewshot_k``; an entry of the same name with zeroshot_classification shares
     its image features)."""
@@ -204,7 +237,7 @@ class Config:
     """Print the plan (one row per point) and run nothing."""
     retry_failed: bool = True
     """Re-run points whose last attempt failed (done points are always skipped)."""
-    stage: str = "all"
+    stage: Stage = Stage.all
     """What a job does with its point: ``all`` (train, then evaluate), ``train`` (train only:
     the SLURM launcher evaluates in a dependent job of its own) or ``eval`` (evaluate the
     finished training)."""

@@ -1,7 +1,7 @@
 """Compose many grid points fast: through Hydra once per distinct set of config-group choices.
 
-Composing one point through Hydra takes ~70 ms (defaults list, YAML files, schema merges): over a
-minute for a 1000-point sweep. Hydra builds a config in two steps: it composes the defaults list
+Composing one point through Hydra is slow (defaults list, YAML files, schema merges), and a sweep
+has thousands of points (``benchmarks/status_1000.py`` measures it). Hydra builds a config in two steps: it composes the defaults list
 that the *group* overrides select (``model=vit_b32``, ``cluster=slurm``), then applies the plain
 value overrides (``train.lr=5e-4``, ``samples.seen=256``, ``root=...``) to the result, in
 command-line order. :class:`Composer` runs the first step through Hydra once per distinct
@@ -30,13 +30,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
+
+from launcher import hydra_internals
 
 
 class Composer:
@@ -51,10 +52,10 @@ class Composer:
         self._compose = compose
         self._is_group = is_group
         self._parser = OverridesParser.create()
-        # override -> (parsed, kind); parsing (~0.3 ms) and group_exists (~0.15 ms) once each
+        # override -> (parsed, kind): parsing and group_exists once each
         self._parsed: dict[str, tuple[Override, str]] = {}
         # memo key -> the composed config, pickled (a pickle round trip copies an OmegaConf
-        # config, types and flags included, 5x faster than copy.deepcopy), or the error
+        # config, types and flags included, faster than copy.deepcopy), or the error
         self._bases: dict[tuple[str, ...], bytes | Exception] = {}
         self.hydra_composes = 0  # compositions run through Hydra so far, one per memo key
 
@@ -62,7 +63,7 @@ class Composer:
         key, plain = self.split(overrides)
         cfg = self._base(tuple(key))
         try:
-            ConfigLoaderImpl._apply_overrides_to_config(plain, cfg)
+            hydra_internals.apply_overrides(plain, cfg)
         except OmegaConfBaseException as e:  # as ConfigLoaderImpl.load_configuration wraps them
             raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
         return cfg
@@ -119,8 +120,7 @@ def _group_test(loader: ConfigLoader, searchpath: object) -> Callable[[str], boo
     not see every group, so every override counts as one and each point composes whole."""
     if searchpath:
         return lambda name: True
-    assert isinstance(loader, ConfigLoaderImpl), type(loader)
-    return loader.repository.group_exists
+    return hydra_internals.group_test(loader)
 
 
 def sweep_composer(loader: ConfigLoader, master: DictConfig) -> Composer:

@@ -10,27 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from core.errors import Cancelled, Preempted
+from core.schema import Stage
+from core.states import Event, RunState
 from launcher import rundir
-from launcher.plan import check, make_point
+from launcher.plan import Point, check, make_point
 
 log = logging.getLogger(__name__)
 
 
-_requeueing = False  # set by the SLURM launcher's checkpoint(): submitit then exits to requeue
-
-
-def mark_requeueing() -> None:
-    """Called when SLURM signalled the time limit or preemption and submitit requeues the job:
-    the ``SystemExit`` that follows is logged as ``requeued``, not ``failed``."""
-    global _requeueing
-    _requeueing = True
-
-
-def _slurm_job() -> dict[str, str]:
+def slurm_job() -> dict[str, str]:
     """``{"job_id": ...}`` under SLURM (``123_4`` for an array task, as squeue shows it)."""
     env = os.environ
     if env.get("SLURM_ARRAY_JOB_ID"):
@@ -46,79 +40,95 @@ def run_point(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, 
     trains; rank 0 alone writes the run folder's log and evaluates.
     """
     point = make_point(overrides or [], cfg)
-    check(point)  # stage among them
-    stage = str(cfg.get("stage", "all"))
+    check(point)
+    stage = Stage(cfg.stage)
     if int(os.environ.get("RANK", 0)) != 0:
         return _follower(cfg, point.run_dir, stage)
     path = rundir.prepare(cfg)
-    if point.state == "done":
+    if point.state == RunState.DONE:
         log.info("%s: done already, skipped", point.run_id)
-        return {"run_id": point.run_id, "state": "done", "skipped": True}
-    if stage == "eval" and not rundir.training_finished(path):
+        return {"run_id": point.run_id, "state": RunState.DONE, "skipped": True}
+    if stage == Stage.eval and not rundir.training_finished(path):
         raise RuntimeError(f"{point.run_id}: stage=eval, but its training has not finished "
                            f"(state {point.state}); relaunch the point to train it first")
-    rundir.log_event(path, "start", previous_state=point.state, stage=stage, **_slurm_job())
+    rundir.log_event(path, Event.START, previous_state=point.state, stage=stage, **slurm_job())
     tic = time.time()
     result: dict[str, Any] = {}
     try:
-        import synthetic
-        from evaluation.evaluate import evaluate
-        from training import checkpoint
-        from training.train import train
+        import synthetic  # the stages import torch: kept off the plan's and status's path
 
-        synthetic.ensure_datasets(cfg, eval_only=stage == "eval")
-        if stage != "eval":
-            result = train(cfg, path)
-            if not result.get("skipped") or not rundir.training_finished(path):
-                rundir.log_event(path, "trained", step=result["step"],
-                                 samples_seen=result["samples_seen"], loss=result["loss"],
-                                 seconds=round(result["seconds"] or 0, 1),
-                                 ranks=result.get("ranks"))
-            if stage == "train" and len(cfg.eval.datasets):
+        synthetic.ensure_datasets(cfg, eval_only=stage == Stage.eval)
+        if stage != Stage.eval:
+            result = _train(cfg, path)
+            if stage == Stage.train and len(cfg.eval.datasets):
                 log.info("%s: trained; evaluation follows in its own job", point.run_id)
-                return {"run_id": point.run_id, "state": "trained", "skipped": False, **result}
-            final, step = result["checkpoint"], int(result["step"])
-        else:
-            final = checkpoint.final(path)
-            if final is None:
-                raise RuntimeError(f"{point.run_id}: stage=eval: no complete final checkpoint in "
-                                   f"{path / 'checkpoints'}")
-            step = int(checkpoint.read_marker(final)["step"])
-        records = evaluate(cfg, path, str(final), step=step, final=True)
-        rundir.log_event(path, "evaluated", records=len(records))
+                return {"run_id": point.run_id, "state": RunState.TRAINED, "skipped": False,
+                        **result}
+        _evaluate_final(cfg, point, path)
     except BaseException as e:  # KeyboardInterrupt and SIGTERM too: the log must say why it stopped
-        if isinstance(e, SystemExit) and _requeueing:
-            rundir.log_event(path, "requeued", stage=stage, **_slurm_job())
-            log.warning("%s: requeued; resumes from its newest checkpoint", point.run_id)
-            raise
-        if type(e).__name__ == "Preempted":  # the trainer saved a checkpoint on SIGTERM/SIGUSR2
-            if rundir.state(path) == "cancelled":  # scancel's SIGTERM: stop, do not requeue
-                log.warning("%s: cancelled; stopped at a checkpoint: %s", point.run_id, e)
-                raise Cancelled(str(e)) from None
-            rundir.log_event(path, "preempted", step=getattr(e, "step", None), stage=stage,
-                             **_slurm_job())
-            log.warning("%s: preempted: %s", point.run_id, e)
-            raise
-        line = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        rundir.log_event(path, "failed", error=line, stage=stage)
-        log.error("%s: failed: %s", point.run_id, line)
+        _log_stop(point, path, stage, e)
         raise
-    rundir.log_event(path, "done", seconds=round(time.time() - tic, 1))
+    rundir.log_event(path, Event.DONE, seconds=round(time.time() - tic, 1))
     log.info("%s: done in %.0f s", point.run_id, time.time() - tic)
-    return {"run_id": point.run_id, "state": "done", "skipped": False, **result}
+    return {"run_id": point.run_id, "state": RunState.DONE, "skipped": False, **result}
 
 
-class Cancelled(RuntimeError):
-    """The point was cancelled (``python -m launcher.slurm cancel``) while its job ran."""
+def _train(cfg: DictConfig, path: Path) -> dict[str, Any]:
+    """Train (or find trained) and log ``trained`` once."""
+    from training.train import train
+
+    result = train(cfg, path)
+    if not result.get("skipped") or not rundir.training_finished(path):
+        rundir.log_event(path, Event.TRAINED, step=result["step"],
+                         samples_seen=result["samples_seen"], loss=result["loss"],
+                         seconds=round(result["seconds"] or 0, 1), ranks=result.get("ranks"))
+    return result
 
 
-def _follower(cfg: DictConfig, path: Any, stage: str) -> dict[str, Any]:
+def _evaluate_final(cfg: DictConfig, point: Point, path: Path) -> None:
+    """Evaluate the complete final checkpoint and log ``evaluated``."""
+    from evaluation.evaluate import evaluate
+    from training import checkpoint
+
+    final = checkpoint.final(path)
+    if final is None:
+        raise RuntimeError(f"{point.run_id}: no complete final checkpoint in "
+                           f"{path / 'checkpoints'} to evaluate")
+    step = int(checkpoint.read_marker(final)["step"])
+    records = evaluate(cfg, path, str(final), step=step, final=True)
+    rundir.log_event(path, Event.EVALUATED, records=len(records))
+
+
+def _log_stop(point: Point, path: Path, stage: Stage, e: BaseException) -> None:
+    """Log why the attempt stopped; raise :class:`Cancelled` for a cancelled point's stop."""
+    if isinstance(e, SystemExit) and _last_event(path) == Event.REQUEUED:
+        # submitit requeues the job and exits; the SLURM launcher's checkpoint() logged it
+        log.warning("%s: requeued; resumes from its newest checkpoint", point.run_id)
+        return
+    if isinstance(e, Preempted):  # the trainer saved a checkpoint on SIGTERM/SIGUSR2
+        if rundir.state(path) == RunState.CANCELLED:  # scancel's SIGTERM: stop, do not requeue
+            log.warning("%s: cancelled; stopped at a checkpoint: %s", point.run_id, e)
+            raise Cancelled(str(e)) from None
+        rundir.log_event(path, Event.PREEMPTED, step=e.step, stage=stage, **slurm_job())
+        log.warning("%s: preempted: %s", point.run_id, e)
+        return
+    line = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+    rundir.log_event(path, Event.FAILED, error=line, stage=stage)
+    log.error("%s: failed: %s", point.run_id, line)
+
+
+def _last_event(path: Path) -> str | None:
+    evs = rundir.events(path)
+    return evs[-1].get("event") if evs else None
+
+
+def _follower(cfg: DictConfig, path: Path, stage: Stage) -> dict[str, Any]:
     """Rank > 0 of a multi-process job: train alongside rank 0, write nothing of the run's own."""
-    if stage == "eval":
+    if stage == Stage.eval:
         raise RuntimeError("stage=eval runs as one process; this job has several (RANK > 0)")
-    import synthetic
+    import synthetic  # torch: kept off the plan's path
     from training.train import train
 
     synthetic.ensure_datasets(cfg)
     result = train(cfg, path)
-    return {"run_id": path.name, "state": "trained", "rank": int(os.environ["RANK"]), **result}
+    return {"run_id": path.name, "state": RunState.TRAINED, "rank": int(os.environ["RANK"]), **result}

@@ -30,10 +30,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from core import states
 from core.atomic import append_jsonl, atomic_write_json, atomic_write_text
 from core.identity import config_hash, identity, run_id
-
-STATES = ("new", "submitted", "partial", "trained", "done", "failed", "cancelled")
+from core.states import Event, RunState, run_state
 
 
 @lru_cache(maxsize=1)
@@ -104,36 +104,20 @@ def events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def state(path: Path, evs: list[dict[str, Any]] | None = None) -> str:
-    """One of :data:`STATES`, from the status log (``evs``: its events, when already read)."""
-    names: list[Any] = []
-    for e in events(path) if evs is None else evs:
-        ev = e.get("event")
-        if ev == "cancel_failed" and "cancelled" in names:  # scancel failed: the cancel did not happen
-            del names[len(names) - 1 - names[::-1].index("cancelled")]
-        elif ev != "skipped":
-            names.append(ev)
-    if not names:
-        return "new"
-    for ev in reversed(names):
-        if ev == "cancelled":
-            return "cancelled"
-        if ev in ("submitted", "start"):
-            break
-    last = names[-1]
-    if last in ("done", "failed", "submitted", "trained"):
-        return str(last)
-    return "partial"
+def state(path: Path, evs: list[dict[str, Any]] | None = None) -> RunState:
+    """The run's :class:`~core.states.RunState`, from its status log (``evs``: its events,
+    when already read)."""
+    return run_state(events(path) if evs is None else evs)
 
 
 def training_finished(path: Path, evs: list[dict[str, Any]] | None = None) -> bool:
     """True once the run's training logged ``trained`` (its final checkpoint is complete)."""
-    return any(e.get("event") == "trained" for e in (events(path) if evs is None else evs))
+    return states.training_finished(events(path) if evs is None else evs)
 
 
 def last_error(path: Path) -> str | None:
     """The error line of the newest ``failed`` event, if any."""
     for ev in reversed(events(path)):
-        if ev.get("event") == "failed":
+        if ev.get("event") == Event.FAILED:
             return str(ev.get("error", ""))
     return None

@@ -22,16 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import atomic_write_json
+from core.states import TERMINAL, Event, LiveState, RunState
 from launcher import rundir
 
-# SLURM job states -> the sweep's states (sacct/squeue long names)
-ACTIVE = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "requeued",
-          "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued", "RESV_DEL_HOLD": "pending",
-          "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running",
-          "STAGE_OUT": "running", "SIGNALING": "running", "RESIZING": "running"}
-ENDED = {"COMPLETED": "done", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "failed",
-         "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed",
-         "DEADLINE": "failed", "PREEMPTED": "requeued"}
+_P, _Q, _R = LiveState.PENDING, LiveState.REQUEUED, LiveState.RUNNING
+ACTIVE = {"PENDING": _P, "CONFIGURING": _P, "REQUEUED": _Q, "REQUEUE_HOLD": _Q, "REQUEUE_FED": _Q,
+          "RESV_DEL_HOLD": _P, "RUNNING": _R, "COMPLETING": _R, "SUSPENDED": _R, "STAGE_OUT": _R,
+          "SIGNALING": _R, "RESIZING": _R}
+"""SLURM states of a job it still holds (squeue's long names) -> what status shows."""
+ENDED = {"COMPLETED": LiveState.DONE, "CANCELLED": LiveState.CANCELLED, "FAILED": LiveState.FAILED,
+         "TIMEOUT": LiveState.FAILED, "NODE_FAIL": LiveState.FAILED,
+         "OUT_OF_MEMORY": LiveState.FAILED, "BOOT_FAIL": LiveState.FAILED,
+         "DEADLINE": LiveState.FAILED, "PREEMPTED": LiveState.REQUEUED}
+"""SLURM states of a job that ended (sacct) -> what status shows."""
 
 
 class SlurmError(RuntimeError):
@@ -92,13 +95,13 @@ def point_jobs(path: Path, evs: list[dict[str, Any]] | None = None) -> dict[str,
     jobs: dict[str, str] = {}
     for ev in rundir.events(path) if evs is None else evs:
         name, stage = ev.get("event"), ev.get("stage") or "train"
-        if name == "submitted":
+        if name == Event.SUBMITTED:
             jobs = {}
             if ev.get("job_id"):
                 jobs["eval" if stage == "eval" else "train"] = str(ev["job_id"])
             if ev.get("eval_job_id"):
                 jobs["eval"] = str(ev["eval_job_id"])
-        elif name in ("start", "requeued", "preempted") and ev.get("job_id"):
+        elif name in (Event.START, Event.REQUEUED, Event.PREEMPTED) and ev.get("job_id"):
             jobs["eval" if stage == "eval" else "train"] = str(ev["job_id"])
     return jobs
 
@@ -116,24 +119,24 @@ def job_info(path: Path, evs: list[dict[str, Any]] | None = None) -> tuple[str |
     return None, None, last
 
 
-def live_state(run_state: str, jid: str | None, squeue: dict[str, str], sacct: dict[str, str],
-               last_event: str | None = None) -> str:
+def live_state(run_state: RunState, jid: str | None, squeue: dict[str, str],
+               sacct: dict[str, str], last_event: str | None = None) -> LiveState:
     """A point's state from its run folder's state and SLURM's view of its job.
 
     The run folder wins once it says done/failed/cancelled; a queued job shows as pending,
     running or requeued; a job that ended without the run folder knowing (killed, node lost,
     cancelled before it started) shows as SLURM's verdict."""
-    if run_state == "failed" and jid in squeue and ACTIVE.get(squeue[jid]) in ("pending", "requeued"):
-        return "requeued"  # the attempt failed, and SLURM requeued the job: it runs again
-    if run_state in ("done", "failed", "cancelled") or jid is None:
-        return run_state
+    if run_state == RunState.FAILED and jid in squeue and ACTIVE.get(squeue[jid]) in (_P, _Q):
+        return LiveState.REQUEUED  # the attempt failed, and SLURM requeued the job: it runs again
+    if run_state in TERMINAL or jid is None:
+        return LiveState(run_state)
     if jid in squeue:
-        st = ACTIVE.get(squeue[jid], "running")
-        return "requeued" if st == "pending" and last_event in ("requeued", "preempted") else st
+        st = ACTIVE.get(squeue[jid], _R)
+        return _Q if st == _P and last_event in (Event.REQUEUED, Event.PREEMPTED) else st
     ended = ENDED.get(sacct.get(jid, ""))
-    if ended and ended != "done":
+    if ended and ended != LiveState.DONE:
         return ended
-    return run_state
+    return LiveState(run_state)
 
 
 def manifest_path(root: str | Path, sweep: str | None) -> Path:
@@ -172,16 +175,16 @@ def cancel(root: Path, run_ids: list[str] | None = None) -> list[str]:
     for path in chosen:
         evs = rundir.events(path)
         queued = sorted(j for j in point_jobs(path, evs).values() if j in squeue)
-        if queued and rundir.state(path, evs) not in ("done", "failed", "cancelled"):
+        if queued and rundir.state(path, evs) not in TERMINAL:
             hits[path] = queued
     for path, jobs in hits.items():
-        rundir.log_event(path, "cancelled", job_id=jobs[0], jobs=jobs, by="launcher.slurm cancel")
+        rundir.log_event(path, Event.CANCELLED, job_id=jobs[0], jobs=jobs, by="launcher.slurm cancel")
     if hits:
         try:
             _run(["scancel", *sorted({j for jobs in hits.values() for j in jobs})])
         except SlurmError as e:
             for path in hits:  # withdraws the ``cancelled`` above (see rundir.state)
-                rundir.log_event(path, "cancel_failed", error=str(e)[:500])
+                rundir.log_event(path, Event.CANCEL_FAILED, error=str(e)[:500])
             raise
     return [p.name for p in hits]
 

@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import SweepError
+from core.states import TERMINAL, LiveState, RunState
+from core.tables import fmt_count, render
 from launcher import rundir, slurm
-from launcher.plan import fmt_count
-from launcher.sweep import SweepError, load_sweep, sweep_file
+from launcher.sweep import load_sweep, sweep_file
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -79,7 +81,7 @@ def _compose_points(name: str, overrides: list[str]) -> list[tuple[str, int]]:
             cfg = compose([*ov, *overrides])
             rid = run_id(cfg)
             if rid not in points:  # a Point for its size only: no run folder is read here
-                points[rid] = Point(ov, cfg, rid, Path(rid), "new").samples_seen
+                points[rid] = Point(ov, cfg, rid, Path(rid), RunState.NEW).samples_seen
     return list(points.items())
 
 
@@ -103,10 +105,6 @@ def _checkpoint_age(path: Path) -> str:
     return f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m" if age >= 60 else f"{age:.0f}s"
 
 
-STATES = ("new", "submitted", "pending", "running", "requeued", "partial", "trained", "done",
-          "failed", "cancelled")
-
-
 def live_states(points: list[Entry]) -> list[tuple[str, str | None, str]]:
     """(state, job, why) per point: the run folder's state refined by squeue/sacct; the job is
     the one that owns the point now (``123_4``, or ``123_4 eval`` for its evaluation job); why:
@@ -117,7 +115,7 @@ def live_states(points: list[Entry]) -> list[tuple[str, str | None, str]]:
     detail: dict[str, tuple[str, str]] = {}
     sacct: dict[str, str] = {}
     open_ = [j for (j, _, _), st in zip(infos, run_states, strict=True)
-             if j and st not in ("done", "failed", "cancelled")]
+             if j and st not in TERMINAL]
     if open_:
         try:
             detail = slurm.queue_detail()
@@ -128,7 +126,7 @@ def live_states(points: list[Entry]) -> list[tuple[str, str | None, str]]:
     out = []
     for st, (j, stage, last) in zip(run_states, infos, strict=True):
         state = slurm.live_state(st, j, squeue, sacct, last)
-        why = detail[j][1] if j in detail and state in ("pending", "requeued") else ""
+        why = detail[j][1] if j in detail and state in (LiveState.PENDING, LiveState.REQUEUED) else ""
         out.append((state, None if j is None else f"{j} eval" if stage == "eval" else j,
                     f"waiting: {why}" if why and why not in ("None", "(null)") else ""))
     return out
@@ -139,15 +137,13 @@ def status_table(points: list[Entry]) -> str:
     body = []
     states = live_states(points)
     for p, (st, jid, why) in zip(points, states, strict=True):
-        seen = p.samples_seen if st in ("done", "trained") else _progress(p.run_dir)
-        note = rundir.last_error(p.run_dir) if st == "failed" else why
+        seen = p.samples_seen if st in (LiveState.DONE, LiveState.TRAINED) else _progress(p.run_dir)
+        note = rundir.last_error(p.run_dir) if st == LiveState.FAILED else why
         body.append((p.run_id, st, f"{fmt_count(seen)} / {fmt_count(p.samples_seen)}",
                      _checkpoint_age(p.run_dir), jid or "-", (note or "")[:80]))
-    counts = {s: sum(st == s for st, _, _ in states) for s in STATES}
-    widths = [max(len(r[i]) for r in [cols, *body]) for i in range(len(cols))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    counts = {s: sum(st == s for st, _, _ in states) for s in LiveState}
     total = f"{len(points)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    return "\n".join([line(cols), "-" * len(line(cols)), *map(line, body), total])
+    return "\n".join([*render(cols, body), total])
 
 
 def main(argv: list[str] | None = None) -> int:

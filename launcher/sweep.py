@@ -27,16 +27,15 @@ import yaml
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
-from launcher.plan import ConfigError, Point, check, make_point, table
+from core.errors import ConfigError, SweepError
+from launcher import hydra_internals
+from launcher.plan import Point, check, make_point, table
+from launcher.policy import Action, RelaunchPolicy
 
 log = logging.getLogger(__name__)
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 AXES = ("model", "data", "samples")
-
-
-class SweepError(ValueError):
-    """A sweep file is missing or malformed; the message names the file and the entry."""
 
 
 def sweep_file(name: str) -> Path:
@@ -110,9 +109,7 @@ def combine(sweep_points: list[list[str]], cli_points: list[list[str]]) -> list[
 
 def expand(master: DictConfig, overrides: list[Override]) -> list[list[str]]:
     """The override lists of every point: the command-line grid, combined with a named sweep."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    cli = BasicSweeper.split_arguments(overrides, None)[0]
+    cli = hydra_internals.split_sweep_arguments(overrides)
     names = {o.split("=", 1)[1] for p in cli for o in p if o.startswith("sweep=")}
     if not names and master.get("sweep"):
         names = {str(master.sweep)}
@@ -152,7 +149,7 @@ def plan_sweep(master: DictConfig, overrides: list[Override],
             errors.append(str(e))
             continue
         except Exception as e:  # Hydra's composition errors name the group and list choices
-            errors.append(f"point [{' '.join(ov)}]: {e}")
+            errors.append(f"point [{' '.join(ov)}]: {composition_error(e)}")
             continue
         points.setdefault(point.run_id, point)  # duplicates (same identity) merge
     if errors:
@@ -163,22 +160,32 @@ def plan_sweep(master: DictConfig, overrides: list[Override],
     if dry:
         print("dry run: nothing was run or submitted", flush=True)
         return []
-    retry = bool(master.get("retry_failed", True))
-    todo = [p for p in plan if p.state != "done" and (retry or p.state != "failed")]
+    policy = RelaunchPolicy.from_config(master)
+    todo = [p for p in plan if policy.decide(p.state) != Action.SKIP]
     skipped = len(plan) - len(todo)
-    print(f"{len(todo)} point(s) to run, {skipped} skipped (done"
-          f"{'' if retry else ' or failed; pass retry_failed=true to re-run failed ones'})", flush=True)
+    print(f"{len(todo)} point(s) to run, {skipped} skipped ({policy.skipped_note()})", flush=True)
     return todo
+
+
+def composition_error(e: BaseException) -> str:
+    """One line for a composition error: Hydra's message and OmegaConf's cause (which says the
+    key and the valid values: ``Invalid value 'trian', expected one of [all, train, eval]``)."""
+    text = str(e).strip()
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        first = str(cause).strip().splitlines()[0]
+        if first not in text:
+            text = f"{text}: {first}"
+    return text
 
 
 def report_returns(points: list[Point], returns: Sequence[Any]) -> None:
     """Summarise finished jobs; raise if any point failed (so ``make`` stops with an error)."""
-    from hydra.core.utils import JobStatus
-
     failed = []
     for point, ret in zip(points, returns, strict=True):
-        if getattr(ret, "status", None) == JobStatus.FAILED:
-            failed.append(f"{point.run_id}: {type(ret._return_value).__name__}: {ret._return_value}")
+        error = hydra_internals.job_error(ret)
+        if error is not None:
+            failed.append(f"{point.run_id}: {type(error).__name__}: {error}")
     print(f"{len(points) - len(failed)} point(s) finished, {len(failed)} failed", flush=True)
     if failed:
         raise RuntimeError("failed points (relaunch the same command to retry them):\n  "

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-# As launch.py does, before torch starts OpenMP: spinning threads stall tiny CPU models.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import core  # noqa: F401  # first: sets OMP_WAIT_POLICY before torch starts OpenMP
 from core import schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +42,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A few tiny img2dataset-style shards (``test_training.write_shards``), made once a module."""
-    from test_training import write_shards
+    """A few tiny img2dataset-style shards (``tests.helpers.data.write_shards``), made once a module."""
+    from tests.helpers.data import write_shards
 
     return write_shards(tmp_path_factory.mktemp("shards"))

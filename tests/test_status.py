@@ -76,8 +76,13 @@ def test_an_unreadable_manifest_is_kept_aside_not_overwritten(tmp_path: Path, ca
 
 
 def test_a_misspelt_stage_is_refused_before_anything_runs(make_cfg) -> None:
-    from launcher.plan import ConfigError, check, make_point
+    """``stage`` is typed (core.schema.Stage): a wrong value fails at composition, naming the
+    key and the valid values, before any point is planned."""
+    from hydra.errors import ConfigCompositionException
 
-    cfg = make_cfg("stage=trian")
-    with pytest.raises(ConfigError, match="stage='trian' is not one of all, train, eval"):
-        check(make_point(["stage=trian"], cfg))
+    from launcher.sweep import composition_error
+
+    with pytest.raises(ConfigCompositionException) as e:
+        make_cfg("stage=trian")
+    assert composition_error(e.value) == ("Error merging override stage=trian: Invalid value "
+                                          "'trian', expected one of [all, train, eval]")

@@ -38,10 +38,16 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
+
+from core.errors import Preempted
+from core.states import Event
+from launcher import hydra_internals
+from launcher.policy import Action, RelaunchPolicy
+from launcher.protocol import SubmittingLauncher
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +71,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="clipscale_slurm",
                              node=ClipscaleSlurmConf, provider="clipscale")
 
 
-class ClipscaleSlurmLauncher(SlurmLauncher):
-    submit_only = True  # the sweeper does not wait for results
-
+class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
     def __init__(self, manifest: str | None = None, separate_eval: bool = True,
                  eval_timeout_min: int = 120, **params: Any) -> None:
         super().__init__(**params)
@@ -88,7 +92,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         _export_distributed()
         ret = super().__call__(*args, **kwargs)
-        if ret.status == JobStatus.FAILED and type(ret._return_value).__name__ == "Preempted":
+        if isinstance(hydra_internals.job_error(ret), Preempted):
             # The trainer caught SLURM's USR2/TERM and saved a checkpoint: hand the signal back to
             # submitit, whose handler calls checkpoint() below, requeues this job and exits.
             signal.raise_signal(signal.SIGUSR2)
@@ -97,11 +101,23 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """SLURM signalled the time limit or a preemption: requeue the same point; its run
-        resumes from the newest complete checkpoint (``max_num_timeout`` bounds the requeues)."""
-        from launcher.run import mark_requeueing
-
-        mark_requeueing()
+        resumes from the newest complete checkpoint (``max_num_timeout`` bounds the requeues).
+        The run folder logs ``requeued`` (unless the trainer logged ``preempted`` already), so
+        the ``SystemExit`` submitit raises next is not taken for a failure (``run_point``)."""
+        self._log_requeue(list(args[0]) if args else list(kwargs["sweep_overrides"]))
         return super().checkpoint(*args, **kwargs)
+
+    def _log_requeue(self, overrides: list[str]) -> None:
+        from launcher import rundir
+        from launcher.plan import make_point
+        from launcher.run import slurm_job
+
+        assert self.config is not None and self.hydra_context is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        path = make_point(overrides, cfg).run_dir
+        evs = rundir.events(path)
+        if not evs or evs[-1].get("event") != Event.PREEMPTED:
+            rundir.log_event(path, Event.REQUEUED, stage=str(cfg.stage), **slurm_job())
 
     def _executor(self, nodes: int, **extra: Any) -> Any:
         import submitit
@@ -130,8 +146,8 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
     def _submit(self, executor: Any, members: list[tuple[int, list[str], Any]],
                 stage: str) -> tuple[list[Any] | None, str | None]:
         """Submit one array; (jobs, None), or (None, sbatch's message) when it was refused."""
-        args = [(_with_stage(ov, stage), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
-                 Singleton.get_state()) for idx, ov, _ in members]
+        args = [hydra_internals.submitit_call_args(_with_stage(ov, stage), idx, Singleton.get_state())
+                for idx, ov, _ in members]
         try:
             return executor.map_array(self, *zip(*args, strict=True)), None
         except Exception as e:  # submitit's FailedJobError carries sbatch's own message
@@ -154,6 +170,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
 
         # (stage of the first job, nodes) -> points; stage "train" is followed by an eval array
         groups: dict[tuple[str, int], list[tuple[int, list[str], Any]]] = defaultdict(list)
+        policy = RelaunchPolicy.from_config(self.config)
         active = []
         for i, ov in enumerate(job_overrides):
             ov = list(ov)
@@ -161,11 +178,14 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
                 ov, self.hydra_context.config_loader.load_sweep_config(self.config, ov))
             evs = rundir.events(point.run_dir)
             queued = [j for j in slurm.point_jobs(point.run_dir, evs).values() if j in squeue]
-            if queued and point.state != "done":
-                active.append(f"{point.run_id} (job {', '.join(f'{j} {squeue[j].lower()}' for j in queued)})")
-                continue
             has_eval = len(point.cfg.eval.datasets) > 0
-            if rundir.training_finished(point.run_dir, evs) and has_eval:
+            action = policy.decide(point.state, queued=bool(queued), has_eval=has_eval,
+                                   trained=rundir.training_finished(point.run_dir, evs))
+            if action == Action.SKIP:
+                if queued:
+                    active.append(f"{point.run_id} (job {', '.join(f'{j} {squeue[j].lower()}' for j in queued)})")
+                continue
+            if action == Action.EVALUATE:
                 key = ("eval", 1)
             elif has_eval and self._separate_eval:
                 key = ("train", point.nodes)
@@ -199,7 +219,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher):
                 path.mkdir(parents=True, exist_ok=True)
                 fields = {"job_id": job.job_id, "stage": stage, "nodes": nodes,
                           "eval_job_id": ev.job_id if ev is not None else None}
-                rundir.log_event(path, "submitted", **fields, manifest=str(self.manifest))
+                rundir.log_event(path, Event.SUBMITTED, **fields, manifest=str(self.manifest))
                 entries[point.run_id] = {"overrides": ov, **fields, "submitted": now,
                                          "run_dir": str(path)}
 

@@ -19,9 +19,10 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from core import schema
+from core.errors import UserError
 from launcher.compose import sweep_composer
-from launcher.plan import ConfigError
-from launcher.sweep import SweepError, plan_sweep, report_returns
+from launcher.protocol import SubmittingLauncher
+from launcher.sweep import plan_sweep, report_returns
 
 log = logging.getLogger(__name__)
 schema.register()
@@ -57,16 +58,17 @@ class ClipscaleSweeper(Sweeper):
             # Hydra composes once per distinct set of group choices; each point's plain
             # assignments are applied to a copy (launcher/compose.py): seconds for 1000 points
             todo = plan_sweep(self.config, parsed, compose=sweep_composer(loader, self.config))
-        except (ConfigError, SweepError) as e:
+        except UserError as e:
             # A user error, not a bug: the message names the key or file; no traceback.
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         if not todo:
             return []
-        if hasattr(self.launcher, "set_plan"):  # the SLURM launcher reuses the checked points
+        submitting = isinstance(self.launcher, SubmittingLauncher)
+        if submitting:  # it reuses the checked points, queues them and returns
             self.launcher.set_plan(todo)
         returns = self.launcher.launch([p.overrides for p in todo], initial_job_idx=0)
-        if getattr(self.launcher, "submit_only", False):  # submitted, not run: nothing to report
+        if submitting:  # submitted, not run: nothing to report
             return returns
         report_returns(todo, returns)
         return returns
