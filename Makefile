@@ -50,14 +50,19 @@ export-csv: venv ## Export the store as the paper's CSV shape: make export-csv R
 analyze: venv ## Fit and plot scaling laws: make analyze SOURCE=store|paper|both
 	$(PY) -m analysis --source $(SOURCE) --root $(ROOT) --out $(OUT)
 
-test: venv ## Run the test suite (what CI runs)
+PACKAGES := core synthetic training store evaluation analysis launcher hydra_plugins/clipscale_launcher hydra_plugins/clipscale_sweeper
+
+test: venv ## Run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+test-fast: venv ## The edit loop: unit tests only (no end-to-end runs, no SLURM cluster), stop at the first failure
+	$(PY) -m pytest -q -x -m "not slow and not slurm" $(PYTEST_ARGS)
+
 lint: venv ## ruff and mypy on the packages
-	$(VENV)/bin/ruff check launcher training evaluation analysis hydra_plugins launch.py tests
-	$(VENV)/bin/mypy launcher training evaluation analysis --ignore-missing-imports
+	$(VENV)/bin/ruff check $(PACKAGES) launch.py tests benchmarks scripts
+	$(VENV)/bin/mypy $(PACKAGES) --ignore-missing-imports
 
 clean: ## Remove runs, generated data and reports (keeps .venv)
 	rm -rf runs data reports
 
-.PHONY: help venv demo sweep dry-run status eval export-csv analyze test lint clean
+.PHONY: help venv demo sweep dry-run status eval export-csv analyze test test-fast lint clean

@@ -105,7 +105,7 @@ def _checkpoint_age(path: Path) -> str:
     return f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m" if age >= 60 else f"{age:.0f}s"
 
 
-def live_states(points: list[Entry]) -> list[tuple[str, str | None, str]]:
+def live_states(points: list[Entry]) -> list[tuple[LiveState, str | None, str]]:
     """(state, job, why) per point: the run folder's state refined by squeue/sacct; the job is
     the one that owns the point now (``123_4``, or ``123_4 eval`` for its evaluation job); why:
     squeue's reason for a job that waits (``Dependency``, ``BeginTime``, ``ReqNodeNotAvail``...)."""
