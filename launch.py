@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from core import schema  # first project import: core sets OMP_WAIT_POLICY before torch loads
+from launcher.errors import exit_on_user_error
 from launcher.run import run_point
 
 schema.register()
@@ -20,7 +21,8 @@ schema.register()
 def main(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    return run_point(cfg, list(HydraConfig.get().overrides.task))
+    with exit_on_user_error():  # one line and exit status 2, as the sweeper's check does
+        return run_point(cfg, list(HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":

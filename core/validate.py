@@ -10,6 +10,7 @@ the global batch, and shards that exist. The plan (login node) and the job both 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from braceexpand import braceexpand
@@ -17,6 +18,20 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from core.errors import ConfigError
 from core.steps import Steps
+
+NAME_KEYS = ("model.name", "data.name", "samples.name")
+"""Config values that become part of a run id, hence of a path."""
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(key: str, value: object) -> str:
+    """``value`` if it is safe as one path component (letters, digits, ``_ . -``; not ``.``,
+    not ``..`` or anything holding ``..``); else :class:`ConfigError` naming ``key``."""
+    text = str(value)
+    if not _NAME.fullmatch(text) or ".." in text or text == ".":
+        raise ConfigError(f"{key}={text!r}: a name that becomes part of a path may hold only "
+                          "letters, digits, '_', '.' and '-' (no '..', no '/')")
+    return text
 
 
 def job_shape(cfg: DictConfig) -> tuple[int, int]:
@@ -46,6 +61,17 @@ def validate(cfg: DictConfig, where: str, need_data: bool = True) -> None:
             hint = (f" (data={cfg.data.name} needs the img2dataset shards of {cfg.data.label}: "
                     f"pass \"data.shards='/path/to/{cfg.data.name}/{{00000..NNNNN}}.tar'\")")
         raise ConfigError(f"{where}: missing required value(s) {', '.join(missing)}{hint}")
+    for key in NAME_KEYS:
+        try:
+            check_name(key, OmegaConf.select(cfg, key))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if cfg.sweep is not None:
+        sweep = Path(str(cfg.sweep))
+        try:  # a named sweep, or the path of a sweep file whose stem names the manifest
+            check_name("sweep", sweep.stem if sweep.suffix in (".yaml", ".yml") else cfg.sweep)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     for key in ("model.global_batch", "model.local_batch", "samples.seen"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{where}: {key} must be positive, got {OmegaConf.select(cfg, key)}")

@@ -87,7 +87,14 @@ class Point:
 
 
 def make_point(overrides: list[str], cfg: DictConfig) -> Point:
+    """The point of ``cfg``; ConfigError when its run id would not be one folder under the root
+    (a name holding ``/`` or ``..``: :func:`check` says which key)."""
     rid = run_id(cfg)
+    try:
+        validate.check_name("run id", rid)
+    except ConfigError:
+        check(Point(list(overrides), cfg, rid, Path(rid), RunState.NEW), need_data=False)
+        raise
     path = rundir.root_dir(str(cfg.root)) / rid
     return Point(list(overrides), cfg, rid, path, rundir.state(path))
 

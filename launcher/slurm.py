@@ -126,13 +126,16 @@ def live_state(run_state: RunState, jid: str | None, squeue: dict[str, str],
     The run folder wins once it says done/failed/cancelled; a queued job shows as pending,
     running or requeued; a job that ended without the run folder knowing (killed, node lost,
     cancelled before it started) shows as SLURM's verdict."""
-    if run_state == RunState.FAILED and jid in squeue and ACTIVE.get(squeue[jid]) in (_P, _Q):
-        return LiveState.REQUEUED  # the attempt failed, and SLURM requeued the job: it runs again
+    if (jid is not None and jid in squeue and squeue[jid] != "COMPLETING"
+            and run_state not in (RunState.DONE, RunState.CANCELLED)):
+        # SLURM holds the job: believe it, whatever the attempt logged (a failed attempt whose
+        # job SLURM requeued, after a node failure say, runs again); a job that is completing
+        # ends as its run folder says
+        st = ACTIVE.get(squeue[jid], _R)
+        requeued = run_state == RunState.FAILED or last_event in (Event.REQUEUED, Event.PREEMPTED)
+        return _Q if st == _P and requeued else st
     if run_state in TERMINAL or jid is None:
         return LiveState(run_state)
-    if jid in squeue:
-        st = ACTIVE.get(squeue[jid], _R)
-        return _Q if st == _P and last_event in (Event.REQUEUED, Event.PREEMPTED) else st
     ended = ENDED.get(sacct.get(jid, ""))
     if ended and ended != LiveState.DONE:
         return ended

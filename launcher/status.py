@@ -114,14 +114,17 @@ def live_states(points: list[Entry]) -> list[tuple[LiveState, str | None, str]]:
     run_states = [rundir.state(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
     detail: dict[str, tuple[str, str]] = {}
     sacct: dict[str, str] = {}
-    open_ = [j for (j, _, _), st in zip(infos, run_states, strict=True)
-             if j and st not in TERMINAL]
-    if open_:
+    # SLURM may still hold (requeue, run again) a job whose attempt logged failed: squeue is
+    # asked once whenever any point has a job that is not done; sacct once, only for the open
+    # points' jobs squeue no longer shows
+    jobs = [j for (j, _, _), st in zip(infos, run_states, strict=True) if j and st != RunState.DONE]
+    if jobs:
         try:
             detail = slurm.queue_detail()
         except slurm.SlurmError as e:
             print(f"warning: {e}; states come from the run folders alone", file=sys.stderr)
-        sacct = slurm.accounting(j for j in open_ if j not in detail)
+        sacct = slurm.accounting(j for (j, _, _), st in zip(infos, run_states, strict=True)
+                                 if j and st not in TERMINAL and j not in detail)
     squeue = {j: st for j, (st, _) in detail.items()}
     out = []
     for st, (j, stage, last) in zip(run_states, infos, strict=True):
@@ -139,6 +142,8 @@ def status_table(points: list[Entry]) -> str:
     for p, (st, jid, why) in zip(points, states, strict=True):
         seen = p.samples_seen if st in (LiveState.DONE, LiveState.TRAINED) else _progress(p.run_dir)
         note = rundir.last_error(p.run_dir) if st == LiveState.FAILED else why
+        if st == LiveState.REQUEUED and rundir.state(p.run_dir) == RunState.FAILED:
+            note = "; ".join(filter(None, [why, f"last attempt: {rundir.last_error(p.run_dir)}"]))
         body.append((p.run_id, st, f"{fmt_count(seen)} / {fmt_count(p.samples_seen)}",
                      _checkpoint_age(p.run_dir), jid or "-", (note or "")[:80]))
     counts = {s: sum(st == s for st, _, _ in states) for s in LiveState}

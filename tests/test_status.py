@@ -53,6 +53,9 @@ def test_the_training_job_owns_a_point_until_trained_then_its_evaluation_job(tmp
     ("partial", {"5": "PENDING"}, {}, "preempted", "requeued"),
     ("failed", {"5": "PENDING"}, {}, "failed", "requeued"),  # the attempt failed; SLURM requeued it
     ("failed", {"5": "COMPLETING"}, {}, "failed", "failed"),
+    ("failed", {"5": "RUNNING"}, {}, "failed", "running"),  # requeued, running, not logged yet
+    ("failed", {"5": "REQUEUED"}, {}, "failed", "requeued"),
+    ("cancelled", {"5": "RUNNING"}, {}, "cancelled", "cancelled"),  # scancel'd, still stopping
     ("partial", {}, {"5": "FAILED"}, "start", "failed"),  # killed: the folder never learnt it
     ("partial", {}, {"5": "CANCELLED"}, "start", "cancelled"),
     ("partial", {}, {}, "start", "partial"),  # no accounting: the folder's word

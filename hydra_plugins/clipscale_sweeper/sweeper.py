@@ -7,7 +7,6 @@ whichever launcher Hydra is configured with (local by default, submitit for SLUR
 
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +18,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from core import schema
-from core.errors import UserError
 from launcher.compose import sweep_composer
+from launcher.errors import exit_on_user_error
 from launcher.protocol import SubmittingLauncher
 from launcher.sweep import plan_sweep, report_returns
 
@@ -54,14 +53,10 @@ class ClipscaleSweeper(Sweeper):
         assert self.config is not None and self.hydra_context is not None
         loader = self.hydra_context.config_loader
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-        try:
+        with exit_on_user_error():  # the message names the key or file; no traceback
             # Hydra composes once per distinct set of group choices; each point's plain
-            # assignments are applied to a copy (launcher/compose.py): seconds for 1000 points
+            # assignments are applied to a copy (launcher/compose.py)
             todo = plan_sweep(self.config, parsed, compose=sweep_composer(loader, self.config))
-        except UserError as e:
-            # A user error, not a bug: the message names the key or file; no traceback.
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
         if not todo:
             return []
         submitting = isinstance(self.launcher, SubmittingLauncher)
