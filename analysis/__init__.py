@@ -17,7 +17,7 @@ live in ``analysis.extend``.
 """
 
 from analysis.fit import error_points, fit_all, fit_one, paper_line
-from analysis.load import load, load_paper, load_store, records_to_frame
+from analysis.load import load, load_paper, load_store, reference_frame
 from analysis.report import Report, analyze
 
 __all__ = [
@@ -30,5 +30,5 @@ __all__ = [
     "load_paper",
     "load_store",
     "paper_line",
-    "records_to_frame",
+    "reference_frame",
 ]

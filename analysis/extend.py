@@ -35,7 +35,7 @@ import statsmodels.api as sm
 import statsmodels.formula.api as smf
 from scipy import optimize, stats
 
-from analysis.fit import paper_line
+from analysis.fit import group_of, log_points, paper_line
 
 LEVEL = 0.95
 MIN_PRED_POINTS = 3  # a line through 2 points has no residual variance: no interval
@@ -61,16 +61,9 @@ COMPARISON_COLUMNS = (
 )  # fmt: skip
 
 
-def _logs(points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    return (
-        np.log10(points["compute"].to_numpy(float)),
-        np.log10(points["error"].to_numpy(float)),
-    )
-
-
 def _fit_xy(points: pd.DataFrame, method: str) -> tuple[np.ndarray, np.ndarray]:
     """The (log10 C, log10 E) pairs ``method`` regresses on."""
-    x, y = _logs(points)
+    x, y = log_points(points)
     if method == "ols":
         return x, y
     if method == "paper":
@@ -168,7 +161,7 @@ def holdout(points: pd.DataFrame, methods: Sequence[str] = ("ols", "paper")) -> 
             x, y = _fit_xy(train, method)
             if len(x) < 2 or np.ptp(x) == 0:
                 continue
-            lc, le = _logs(test)
+            lc, le = log_points(test)
             mean, _, pi = predict_log(x, y, lc)
             for i, (_, run) in enumerate(test.iterrows()):
                 pred = 10 ** mean[i]
@@ -259,11 +252,9 @@ def saturating_fit(points: pd.DataFrame) -> dict:
 
     Returns a ``COMPARISON_COLUMNS`` row; ``note`` says why when no fit was possible.
     """
-    x, y = _logs(points)
-    first = points.iloc[0] if len(points) else {}
+    x, y = log_points(points)
     row: dict = dict.fromkeys(COMPARISON_COLUMNS, float("nan"))
-    row.update(family=first.get("family"), task=first.get("task"),
-               eval_task=first.get("eval_task"), metric=first.get("metric"), n_points=len(x), preferred="", note="")  # fmt: skip
+    row.update(**group_of(points), n_points=len(x), preferred="", note="")
     if len(x) < MIN_SAT_POINTS or np.ptp(x) == 0:
         row["note"] = f"{len(x)} point(s): need >= {MIN_SAT_POINTS} for 3 parameters"
         return row

@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,6 +79,24 @@ FIT_COLUMNS = (
     "E_inf",
     "note",
 )
+
+
+GROUP_KEYS = ("family", "task", "eval_task", "metric")
+"""What one fit is of: a family's error on one target (task, eval_task) and metric."""
+
+
+def group_of(points: pd.DataFrame) -> dict[str, Any]:
+    """The ``GROUP_KEYS`` values of a group of points (their first row's; None if empty)."""
+    first = points.iloc[0] if len(points) else {}
+    return {key: first.get(key) for key in GROUP_KEYS}
+
+
+def log_points(points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """log10 C and log10 E of ``points``: the space every fit is linear in."""
+    return (
+        np.log10(points["compute"].to_numpy(float)),
+        np.log10(points["error"].to_numpy(float)),
+    )
 
 
 def task_name(dataset: str, eval_task: str) -> str:
@@ -275,15 +294,10 @@ def fit_one(points: pd.DataFrame, method: str, n_boot: int = 1000, seed: int = 0
     """
     if method not in _LINES:
         raise ValueError(f"unknown method {method!r}: expected one of {METHODS}")
-    log_c = np.log10(points["compute"].to_numpy(float))
-    log_e = np.log10(points["error"].to_numpy(float))
-    first = points.iloc[0] if len(points) else {}
+    log_c, log_e = log_points(points)
     row: dict = {c: float("nan") for c in FIT_COLUMNS}
     row.update(
-        family=first.get("family"),
-        task=first.get("task"),
-        eval_task=first.get("eval_task"),
-        metric=first.get("metric"),
+        **group_of(points),
         method=method,
         fit_kind="",
         n_points=len(points),
@@ -320,8 +334,7 @@ def fit_all(
 ) -> tuple[pd.DataFrame, list[str]]:
     """One ``FIT_COLUMNS`` row per (family, task, eval_task, metric, method), plus messages."""
     rows, problems = [], []
-    keys = ["family", "task", "eval_task", "metric"]
-    for _, group in points.groupby(keys, sort=False):
+    for _, group in points.groupby(list(GROUP_KEYS), sort=False):
         failed: dict[str, list[str]] = {}
         for method in methods:
             row = fit_one(group, method, n_boot=n_boot, seed=seed)

@@ -6,7 +6,7 @@ import base64
 import html
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -145,7 +145,7 @@ def render(
     ``tasks``: the per-task sections (default: those with a table)."""
     figs = {p.name for p in figures}
     tasks = list(tables) if tasks is None else list(tasks)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",

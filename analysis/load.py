@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import store
 from core.reference import PAPER_CSV, model_label
 from store.export import REFERENCE_COLUMNS as CSV_COLUMNS
 
@@ -64,9 +65,7 @@ def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
 
 
 def _read_records(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    from store import read_records
-
-    records, problems = read_records(root)
+    records, problems = store.read_records(root)
     return list(records), [_problem_text(p) for p in problems]
 
 
@@ -76,8 +75,10 @@ def _problem_text(problem: Any) -> str:
     return str(problem)
 
 
-def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Evaluation records (schema 1) -> rows in the reference layout."""
+def reference_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Evaluation records (schema 1) as rows in the reference layout (``COLUMNS``), the newest
+    record of each (run, step, dataset, task) only. (``store.records_to_frame`` is the store's
+    own table: one column per record key and per metric name.)"""
     rows = []
     for rec in records:
         metrics = rec.get("metrics") or {}
@@ -106,8 +107,7 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "created": rec.get("created"),
         }
         for key in METRIC_COLUMNS:
-            # clip_benchmark's linear probe says lp_acc1 where zero-shot says acc1
-            row[key] = metrics.get(key, metrics.get(f"lp_{key}"))
+            row[key] = store.metric(metrics, key)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -119,8 +119,7 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _dataset_name(dataset: Any) -> Any:
-    # clip_benchmark calls webdataset sets "wds/<name>"; the reference CSV uses bare names.
-    return dataset.removeprefix("wds/") if isinstance(dataset, str) else dataset
+    return store.paper_name(dataset) if isinstance(dataset, str) else dataset
 
 
 def load_store(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -135,7 +134,7 @@ def load_store(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
             f"store: no evaluation records under {root} "
             "(expected <root>/<run_id>/eval/step_XXXXXXXX/<dataset>__<task>.json)"
         )
-    df = records_to_frame(records)
+    df = reference_frame(records)
     unfinished = sorted(set(df["run_id"].dropna()) - set(df.loc[df["final"], "run_id"]))
     if unfinished:
         problems.append(

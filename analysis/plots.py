@@ -99,6 +99,14 @@ def _log_axes(ax: plt.Axes) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
+def _samples_axes(ax: plt.Axes) -> None:
+    """``_log_axes`` with samples seen on x, named as the paper names sample counts."""
+    _log_axes(ax)
+    ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(human))
+    ax.set_xlabel("samples seen")
+
+
 def human(v: float, _pos: object = None) -> str:
     """3.4e10 -> 34B, 6144 -> 6.1k: how the paper names sample counts."""
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -183,10 +191,7 @@ def bottleneck_figure(points: pd.DataFrame, task: str, out: Path) -> list[Path]:
         height=3.0, aspect=1.0, facet_kws={"sharey": "row", "sharex": True, "margin_titles": True},
     )  # fmt: skip
     for (metric, model), ax in grid.axes_dict.items():
-        _log_axes(ax)
-        ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(mticker.FuncFormatter(human))
-        ax.set_xlabel("samples seen")
+        _samples_axes(ax)
         ax.set_ylabel(METRIC_TITLES.get(metric, f"1 - {metric}") if model == model_order[0] else "")
     grid.set_titles(col_template="{col_name}", row_template="")
     grid.figure.suptitle(f"{TASK_TITLES.get(task, task)}: error vs samples seen", y=1.02)
@@ -220,10 +225,7 @@ def learning_figure(curves: pd.DataFrame, task: str, out: Path) -> list[Path]:
             hue_order=data_order, style="Model", style_order=model_order, units="run_id",
             estimator=None, marker="o", ax=ax, legend="full" if i == len(metrics) - 1 else False,
         )  # fmt: skip
-        _log_axes(ax)
-        ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(mticker.FuncFormatter(human))
-        ax.set_xlabel("samples seen")
+        _samples_axes(ax)
         ax.set_ylabel(METRIC_TITLES.get(metric, f"1 - {metric}"))
         ax.set_title(f"{title} ({metric})" if len(metrics) > 1 else title, fontsize="medium")
     legend = axes[0, -1].get_legend()

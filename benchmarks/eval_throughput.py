@@ -21,26 +21,32 @@ import json
 import os
 import platform
 import sys
+import tarfile
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as make and launch.py: shared cores
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import core  # noqa: E402, F401  # first: sets OMP_WAIT_POLICY before torch starts OpenMP
+
+# isort: split
+import numpy as np  # noqa: E402
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from core import schema  # noqa: E402
+from core.models import register_model_configs  # noqa: E402
+from evaluation.evaluate import evaluate  # noqa: E402
+from synthetic import ensure_datasets  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 
 
 def _cfg(model: str, tmp: Path):
-    from hydra import compose, initialize_config_dir
-
-    from core import schema
-
     schema.register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(
@@ -67,19 +73,11 @@ def _images(cfg) -> int:
 
 
 def _count(folder: Path) -> int:
-    import tarfile
-
     with tarfile.open(folder / "0.tar") as tar:
         return sum(m.name.endswith(".jpg") for m in tar.getmembers())
 
 
 def measure(model: str, tmp: Path) -> dict:
-    import open_clip
-
-    from core.models import register_model_configs
-    from evaluation.evaluate import evaluate
-    from synthetic import ensure_datasets
-
     cfg = _cfg(model, tmp)
     ensure_datasets(cfg, eval_only=True)
     register_model_configs()
@@ -137,7 +135,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -6,6 +6,5 @@ aggregates) and writes its records; ``evaluation.checkpoint`` loads checkpoints 
 with clear errors; ``store`` owns the record format and reads a whole sweep's
 records back (``read_records``, ``records_frame``); ``store.export`` writes the store in
 the paper's CSV shape and imports the paper's results. ``python -m evaluation --help`` lists
-the commands. Importing this package stays cheap (no torch), so analysis code can use the
-store alone.
+the commands. Importing this package stays cheap (no torch).
 """

@@ -26,14 +26,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-# torch is imported lazily below; as make and launch.py do, let idle OpenMP threads sleep
-# (2-8x faster tiny-model evaluation when the cores are shared)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+import core  # noqa: F401  # sets OMP_WAIT_POLICY before torch loads (imported lazily below)
+import store
+from core.reference import PAPER_CSV, model_label
+from core.schema import Config, EvalConfig
+from store.export import export_csv, import_paper
+from synthetic import ensure_datasets
 
 CONF_EVAL = Path(__file__).resolve().parent.parent / "conf" / "eval"
 _SHOWN = ("run_id", "step", "final", "dataset", "task", "samples_seen", "compute")
@@ -41,12 +46,8 @@ _COMMANDS = ("list", "run", "checkpoint", "export", "import-paper")
 
 
 def _list(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from store import read_records, records_to_frame
-
-    records, problems = read_records(args.root)
-    frame = records_to_frame(records)
+    records, problems = store.read_records(args.root)
+    frame = store.records_to_frame(records)
     metrics = [
         c
         for c in frame.columns
@@ -70,10 +71,6 @@ def _report_bad(problems: list[tuple[Path, str]]) -> int:
 
 def eval_group(name: str) -> Any:
     """``conf/eval/<name>.yaml`` checked against the schema (interpolations left unresolved)."""
-    from omegaconf import OmegaConf
-
-    from core.schema import EvalConfig
-
     path = CONF_EVAL / f"{name}.yaml"
     if not path.is_file():
         choices = sorted(p.stem for p in CONF_EVAL.glob("*.yaml"))
@@ -81,12 +78,19 @@ def eval_group(name: str) -> Any:
     return OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(path))
 
 
-def _evaluate(cfg: Any, run_dir: Path, ckpt: Path, step: int, final: bool) -> list[dict]:
-    from evaluation.evaluate import evaluate, missing_roots, plan_jobs
-    from synthetic import ensure_datasets
+def _typed(cfg: Any) -> DictConfig:
+    """``cfg`` checked against the schema (``core.schema.Config``), its defaults filled in: a
+    run's saved config, or the partial one of ``checkpoint`` (what evaluation does not read may
+    stay missing)."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    assert isinstance(merged, DictConfig)
+    return merged
 
-    if cfg.get("data_root") is not None:
-        ensure_datasets(cfg, eval_only=True)  # the embedded sets, if configured and missing
+
+def _evaluate(cfg: DictConfig, run_dir: Path, ckpt: Path, step: int, final: bool) -> list[dict]:
+    from evaluation.evaluate import evaluate, missing_roots, plan_jobs  # torch: not for list
+
+    ensure_datasets(cfg, eval_only=True)  # the embedded sets, if configured and missing
     missing = missing_roots([j.ds for j in plan_jobs(cfg.eval)])
     for name, reason in missing:
         print(f"MISSING {name}: {reason}", file=sys.stderr)
@@ -98,14 +102,12 @@ def _evaluate(cfg: Any, run_dir: Path, ckpt: Path, step: int, final: bool) -> li
 
 
 def _run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from training import checkpoint as ckpts
+    from training import checkpoint as ckpts  # torch: not for list
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise SystemExit(f"{run_dir}: no config.yaml, not a run folder")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = _typed(OmegaConf.load(run_dir / "config.yaml"))
     if args.eval:
         cfg.eval = eval_group(args.eval)
     if args.all_steps:
@@ -122,21 +124,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from core.reference import model_label
-
     path = Path(args.path)
     digest = hashlib.sha256(f"{path.resolve()}|{args.arch}".encode()).hexdigest()[:8]
     run_id = args.run_id or f"ckpt-{path.stem}-{digest}"
-    cfg = OmegaConf.create(
+    cfg = _typed(
         {
             "model": {"name": args.arch, "arch": args.arch, "label": model_label(args.arch),
                       "gmacs": args.gmacs, "global_batch": args.global_batch},
             "data": {"name": args.data, "label": args.data, "synthetic": False},
             "samples": {"name": str(args.step * args.global_batch)},
             "data_root": args.data_root,
-            "sweep": None,
         }
     )
     cfg.eval = eval_group(args.eval)
@@ -147,17 +144,12 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from store.export import export_csv
-
     n, problems = export_csv(args.root, args.out, all_steps=args.all_steps)
     print(f"wrote {n} rows to {args.out}")
     return _report_bad(problems)
 
 
 def _import_paper(args: argparse.Namespace) -> int:
-    from core.reference import PAPER_CSV
-    from store.export import import_paper
-
     written, unchanged = import_paper(args.root, args.csv or PAPER_CSV)
     print(f"paper results into {args.root}: {written} records written, {unchanged} unchanged")
     return 0

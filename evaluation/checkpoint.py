@@ -83,7 +83,7 @@ def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
 def load_model(arch: str, path: str | Path, device: str) -> tuple[Any, Any, Any]:
     """open_clip model ``arch`` with the weights of ``path`` (eval mode, on ``device``), its
     validation transform and tokenizer."""
-    import open_clip
+    import open_clip  # heavy: only once a model is built (a resumed evaluate() builds none)
 
     path = Path(path)
     state = load_state_dict(path)  # first: a bad file fails before a large model is built

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,14 +26,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 import store
+from core.schema import Task
+from evaluation.checkpoint import load_model
 from evaluation.probe import linear_probe, probe_task
 
 log = logging.getLogger(__name__)
 
-TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
-"""Tasks of ``eval.datasets`` entries (the paper's downstream evaluation)."""
-
-AGGREGATE_TASK = "zeroshot_classification"
+AGGREGATE_TASK = Task.zeroshot_classification
 """Task of the aggregates' members and of their own records."""
 
 
@@ -47,7 +46,7 @@ class Job:
 
     @property
     def dataset(self) -> str:
-        return _benchmark_name(self.ds.name)
+        return store.benchmark_name(self.ds.name)
 
 
 def evaluate(
@@ -75,8 +74,6 @@ def evaluate(
     new: list[dict[str, Any]] = []
     base = _base_record(cfg, run_dir, checkpoint, step, final)
     if todo:
-        from evaluation.checkpoint import load_model
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, preprocess, tokenizer = load_model(cfg.model.arch, checkpoint, device)
         ctx = _Context(cfg.eval, model, preprocess, tokenizer, device)
@@ -91,25 +88,17 @@ def evaluate(
 def plan_jobs(eval_cfg: Any) -> list[Job]:
     """The records ``eval_cfg`` asks for; ValueError on an unknown task."""
     jobs = []
+    tasks = tuple(t.value for t in Task)
     for ds in eval_cfg.datasets:
-        if ds.task not in TASKS:
+        if ds.task not in tasks:  # the schema refuses one already; a config built by hand may not
             raise ValueError(
-                f"eval dataset {ds.name}: unsupported task {ds.task!r}, not in {TASKS}"
+                f"eval dataset {ds.name}: unsupported task {ds.task!r}, not in {tasks}"
             )
-        if ds.task == "linear_probe":
-            jobs += [Job(ds, probe_task(int(k)), int(k)) for k in probe_settings(eval_cfg).fewshot_k]
+        if ds.task == Task.linear_probe:
+            jobs += [Job(ds, probe_task(int(k)), int(k)) for k in eval_cfg.probe.fewshot_k]
         else:
             jobs.append(Job(ds, ds.task))
     return jobs
-
-
-def probe_settings(eval_cfg: Any) -> Any:
-    """``eval_cfg.probe`` with the schema's defaults for what it leaves out."""
-    from omegaconf import OmegaConf
-
-    from core.schema import ProbeConfig
-
-    return OmegaConf.merge(OmegaConf.structured(ProbeConfig), eval_cfg.get("probe") or {})
 
 
 def missing_roots(datasets: list[Any]) -> list[tuple[str, str]]:
@@ -125,7 +114,7 @@ def missing_roots(datasets: list[Any]) -> list[tuple[str, str]]:
 
 
 def _problems(ds: Any) -> list[str]:
-    splits = [ds.split] + ([ds.get("train_split", "train")] if ds.task == "linear_probe" else [])
+    splits = [ds.split] + ([ds.train_split] if ds.task == Task.linear_probe else [])
     found = (_root_problem(Path(ds.root), split) for split in splits)
     return list(dict.fromkeys(p for p in found if p))
 
@@ -136,11 +125,6 @@ def _root_problem(root: Path, split: str) -> str | None:
     if not (root / split / "nshards.txt").is_file():
         return f"{root} is not in clip_benchmark's wds layout (no {split}/nshards.txt)"
     return None
-
-
-def _benchmark_name(name: str) -> str:
-    """clip_benchmark's name of a local webdataset set (``wds/<name>``)."""
-    return name if name.startswith("wds/") else f"wds/{name}"
 
 
 def _split_done(
@@ -172,7 +156,7 @@ def _by_dataset(jobs: list[Job]) -> list[list[Job]]:
     """Jobs grouped by dataset (name, root, split), first-seen order: a group shares features."""
     groups: dict[tuple[str, str, str, bool], list[Job]] = {}
     for job in jobs:
-        key = (job.ds.name, str(job.ds.root), job.ds.split, job.task == "zeroshot_retrieval")
+        key = (job.ds.name, str(job.ds.root), job.ds.split, job.task == Task.zeroshot_retrieval)
         groups.setdefault(key, []).append(job)
     return list(groups.values())
 
@@ -188,7 +172,7 @@ def _write(
         "task": task,
         "metrics": metrics,
         "eval_seconds": seconds,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     # return what the store holds (a NaN metric is stored as null), so that a resumed call
     # returns the same records as the first one
@@ -239,12 +223,11 @@ class _Context:
         self.cfg, self.model, self.preprocess = eval_cfg, model, preprocess
         self.tokenizer, self.device = tokenizer, device
         self.amp = device == "cuda"
-        self.probe = probe_settings(eval_cfg)
 
     def run(self, jobs: list[Job]) -> Any:
         """Yield ``(job, metrics, extra record keys, seconds)`` for each job of one dataset."""
         ds = jobs[0].ds
-        if jobs[0].task == "zeroshot_retrieval":
+        if jobs[0].task == Task.zeroshot_retrieval:
             for job in jobs:
                 start = time.perf_counter()
                 yield job, self._retrieval(ds), {}, time.perf_counter() - start
@@ -256,23 +239,23 @@ class _Context:
         for job in jobs:
             start = time.perf_counter()
             extra: dict[str, Any] = {}
-            if job.task == "zeroshot_classification":
+            if job.task == Task.zeroshot_classification:
                 metrics = self._zeroshot(dataset, feats, targets)
             else:
                 if train is None:
-                    train = self._features(ds, ds.get("train_split", "train"))[1:]
+                    train = self._features(ds, ds.train_split)[1:]
                 metrics, extra = linear_probe(
                     train[0], train[1], feats, targets, len(dataset.classes), int(job.k or -1),
-                    self.probe, device=self.device,
+                    self.cfg.probe, device=self.device,
                 )
             yield job, metrics, extra, shared + time.perf_counter() - start
 
     def _dataset(self, ds: Any, split: str, task: str) -> tuple[Any, Any]:
-        from clip_benchmark.datasets.builder import build_dataset
+        from clip_benchmark.datasets.builder import build_dataset  # heavy: not on a resume
 
         # task must be passed: with its default (classification) a retrieval set fails an assert
         dataset = build_dataset(
-            _benchmark_name(ds.name), root=str(ds.root), transform=self.preprocess,
+            store.benchmark_name(ds.name), root=str(ds.root), transform=self.preprocess,
             split=split, language="en", task=task,
         )
         # As the CLI does for wds/ sets: webdataset batches (its collation keeps each image's
@@ -285,7 +268,7 @@ class _Context:
 
     def _features(self, ds: Any, split: str) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """The split's dataset, its L2-normalised image features (fp32, CPU) and targets."""
-        dataset, loader = self._dataset(ds, split, "zeroshot_classification")
+        dataset, loader = self._dataset(ds, split, Task.zeroshot_classification)
         feats, targets = [], []
         with torch.no_grad(), _autocast(self.device):
             for images, target in loader:
@@ -295,7 +278,7 @@ class _Context:
         return dataset, torch.cat(feats), torch.cat(targets)
 
     def _zeroshot(self, dataset: Any, feats: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        from clip_benchmark.metrics import zeroshot_classification
+        from clip_benchmark.metrics import zeroshot_classification  # heavy: not on a resume
 
         batches = _FeatureBatches(feats, targets, dataset.classes, int(self.cfg.batch_size))
         with _autocast(self.device):
@@ -305,9 +288,9 @@ class _Context:
             )
 
     def _retrieval(self, ds: Any) -> dict[str, Any]:
-        from clip_benchmark.metrics import zeroshot_retrieval
+        from clip_benchmark.metrics import zeroshot_retrieval  # heavy: not on a resume
 
-        _, loader = self._dataset(ds, ds.split, "zeroshot_retrieval")
+        _, loader = self._dataset(ds, ds.split, Task.zeroshot_retrieval)
         with _autocast(self.device):
             return zeroshot_retrieval.evaluate(
                 self.model, loader, self.tokenizer, recall_k_list=list(self.cfg.recall_k),
@@ -324,19 +307,19 @@ def _aggregates(
     from multi-label sets); the record lists its ``members``."""
     by_dataset = {r["dataset"]: r for r in records if r["task"] == AGGREGATE_TASK}
     out = []
-    for name, members in (eval_cfg.get("aggregates") or {}).items():
+    for name, members in eval_cfg.aggregates.items():
         members = [str(m) for m in members]
         path = store.record_path(run_dir, step, name, AGGREGATE_TASK)
         stored = _stored(path)
         if stored is not None and stored.get("members") == members:
             out.append(stored)
             continue
-        absent = [m for m in members if _benchmark_name(m) not in by_dataset]
+        absent = [m for m in members if store.benchmark_name(m) not in by_dataset]
         if absent:
             log.warning("aggregate %s not written for step %d: no record for %s",
                         name, step, ", ".join(absent))
             continue
-        parts = [by_dataset[_benchmark_name(m)] for m in members]
+        parts = [by_dataset[store.benchmark_name(m)] for m in members]
         metrics = {}
         for key in dict.fromkeys(k for r in parts for k in r["metrics"]):
             values = [r["metrics"][key] for r in parts if r["metrics"].get(key) is not None]
@@ -384,7 +367,7 @@ def _base_record(
         "compute": float(cfg.model.gmacs) * samples_seen,
         "step": int(step),
         "final": bool(final),
-        "family": cfg.get("sweep") or "adhoc",
+        "family": cfg.sweep or "adhoc",
         "config_hash": meta.get("config_hash", "unknown"),
         "git_commit": meta.get("git_commit", "unknown"),
     }

@@ -5,7 +5,7 @@ benchmark: logistic regression (a linear layer, cross-entropy, AdamW) on L2-norm
 features, few-shot sampling of k images per class, and the best (lr, epochs) chosen on a
 validation part of the train split, then refitted on all of it and scored on the test split.
 Metrics carry clip_benchmark's probe names (``lp_acc1``, ``lp_acc5``,
-``lp_mean_per_class_recall``), which the analysis reads as acc1 etc.
+``lp_mean_per_class_recall``), which ``store.metric`` reads as acc1 etc.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.schema import Task
+
 
 def probe_task(k: int) -> str:
     """Record task of a probe: ``linear_probe`` for the full train split, else
     ``linear_probe_<k>shot`` (one record per (dataset, task) keeps the store key unique)."""
-    return "linear_probe" if k <= 0 else f"linear_probe_{k}shot"
+    return Task.linear_probe.value if k <= 0 else f"{Task.linear_probe.value}_{k}shot"
 
 
 def fewshot_indices(targets: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -68,6 +70,7 @@ def linear_probe(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and score one probe; ``cfg`` is ``eval.probe`` (lrs, epochs, weight_decay,
     batch_size, val_proportion, seed). Returns (metrics, info about the chosen setting)."""
+    # heavy imports, only when a probe is fitted (not when evaluate() merely resumes)
     from clip_benchmark.metrics.zeroshot_classification import accuracy
     from sklearn.metrics import balanced_accuracy_score
 

@@ -6,7 +6,10 @@ and from the paper's CSV layout (:mod:`store.export`)."""
 from store.records import (  # noqa: F401
     REQUIRED_KEYS,
     SCHEMA_VERSION,
+    benchmark_name,
     check_record,
+    metric,
+    paper_name,
     read_record,
     read_records,
     record_path,

@@ -10,6 +10,7 @@ CLIP-WIT), under ``<root>/paper-<name>/eval/step_00000000/``; importing twice ch
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import store
+from core.atomic import atomic_write_text
 from core.reference import PAPER_CSV, model_label
 
 METRICS = (
@@ -45,15 +47,14 @@ PAPER_CREATED = "2022-12-14T00:00:00+00:00"
 """``created`` of imported records: fixed (the paper's arXiv date) so a re-import is a no-op."""
 
 
-def _metric(metrics: dict[str, Any], key: str) -> Any:
-    # clip_benchmark's linear probe says lp_acc1 where zero-shot says acc1
-    value = metrics.get(key, metrics.get(f"lp_{key}"))
+def _cell(value: Any) -> Any:
+    """A metric as a CSV cell: empty where the record has none (or NaN)."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def reference_row(record: dict[str, Any]) -> dict[str, Any]:
     """One record as a row of the paper's CSV."""
-    dataset = str(record["dataset"]).removeprefix("wds/")  # the paper's names are bare
+    dataset = store.paper_name(str(record["dataset"]))
     return {
         "arch": record["arch"],
         "samples_seen": float(record["samples_seen"]),
@@ -61,7 +62,7 @@ def reference_row(record: dict[str, Any]) -> dict[str, Any]:
         "gmacs": record["gmacs"],
         "upstream_dataset": record.get("data_label") or record["data"],
         "downstream_dataset": dataset,
-        **{k: _metric(record["metrics"], k) for k in METRICS},
+        **{k: _cell(store.metric(record["metrics"], k)) for k in METRICS},
         "task": record["task"],
         "samples_seen_pretty": record["samples"],
         "name": record["run_id"],
@@ -75,14 +76,11 @@ def export_csv(
     only unless ``all_steps``. Returns (rows written, bad files skipped)."""
     records, problems = store.read_records(root)
     rows = [reference_row(r) for r in records if all_steps or r.get("final")]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(REFERENCE_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out)
+    text = io.StringIO(newline="")  # csv's own \r\n line ends, as a file opened with newline=""
+    writer = csv.DictWriter(text, fieldnames=list(REFERENCE_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out, text.getvalue())
     return len(rows), problems
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "pretrained",  # checkpoint path
     "task",  # zeroshot_classification | zeroshot_retrieval | linear_probe | linear_probe_<k>shot
     "metrics",  # dict as clip_benchmark returns it (non-finite values stored as null); probes:
-    # lp_acc1, lp_acc5, lp_mean_per_class_recall; aggregates: the members' means
+    # lp_acc1, lp_acc5, lp_mean_per_class_recall (``metric`` reads them as acc1...);
+    # aggregates: the members' means
     "language",
     # clipscale's keys
     "schema_version",
@@ -60,6 +62,22 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "eval_seconds",
     "created",  # ISO 8601, UTC
 )
+
+
+def benchmark_name(name: str) -> str:
+    """clip_benchmark's name of a local webdataset set (``wds/<name>``), as records hold it."""
+    return name if name.startswith("wds/") else f"wds/{name}"
+
+
+def paper_name(dataset: str) -> str:
+    """A record's ``dataset`` as the paper's CSV names it: bare, without ``wds/``."""
+    return dataset.removeprefix("wds/")
+
+
+def metric(metrics: Mapping[str, Any], key: str) -> Any:
+    """``metrics[key]``; for a linear probe, whose clip_benchmark names say ``lp_acc1`` where
+    zero-shot says ``acc1``, ``metrics["lp_" + key]``; None if the record has neither."""
+    return metrics.get(key, metrics.get(f"lp_{key}"))
 
 
 def record_path(run_dir: str | os.PathLike[str], step: int, dataset: str, task: str) -> Path:

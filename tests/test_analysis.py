@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import error_points, fit_all, fit_one, load_paper, records_to_frame
+from analysis import error_points, fit_all, fit_one, load_paper, reference_frame
 from analysis.__main__ import main
 from analysis.fit import binned_points
 from analysis.load import REFERENCE_COLUMNS
@@ -273,11 +273,11 @@ def test_both_sources_overlay_the_paper(tmp_path, capsys):
     assert round(openclip["alpha"].item(), 2) == -0.11
 
 
-def test_records_to_frame_matches_reference_layout():
+def test_reference_frame_matches_reference_layout():
     rec = record("r", "tiny_s", "syn4k", "s6k", "wds/synth_shapes", "zeroshot_classification",
                  {"acc1": 0.5, "acc5": None}, 48, True)  # fmt: skip
     newer = {**rec, "metrics": {"acc1": 0.6}, "created": "2025-02-01T00:00:00Z"}
-    df = records_to_frame([newer, rec])
+    df = reference_frame([newer, rec])
     assert len(df) == 1  # a re-evaluated checkpoint: the newest record wins
     row = df.iloc[0]
     assert row["downstream_dataset"] == "synth_shapes"

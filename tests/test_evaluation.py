@@ -3,69 +3,19 @@ tiny sets written in clip_benchmark's wds/ layout, records in the store, resume,
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-from PIL import Image
 
 import store
-from core.models import register_model_configs
 from evaluation.evaluate import evaluate
-
-N_IMAGES = 64
-ARCH = "clipscale-tiny-s"
-
-
-def _png(rng: np.random.Generator) -> bytes:
-    pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _write_shard(path: Path, samples: list[dict[str, bytes]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for i, sample in enumerate(samples):
-            for ext, data in sample.items():
-                info = tarfile.TarInfo(f"{i:06d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    (path.parent / "nshards.txt").write_text("1\n")
-
-
-def write_classification_set(root: Path, classes: list[str], seed: int) -> Path:
-    """clip_benchmark wds layout: classnames, templates, test/{nshards.txt,0.tar} (.png + .cls)."""
-    rng = np.random.default_rng(seed)
-    (root).mkdir(parents=True)
-    (root / "classnames.txt").write_text("\n".join(classes) + "\n")
-    (root / "zeroshot_classification_templates.txt").write_text(
-        "a photo of a {c}.\na drawing of a {c}.\n"
-    )
-    samples = [{"png": _png(rng), "cls": str(i % len(classes)).encode()} for i in range(N_IMAGES)]
-    _write_shard(root / "test" / "0.tar", samples)
-    return root
-
-
-def write_retrieval_set(root: Path, seed: int) -> Path:
-    """clip_benchmark wds layout: dataset_type.txt = retrieval, .png + .txt (a caption a line)."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    (root / "dataset_type.txt").write_text("retrieval\n")
-    samples = [
-        {"png": _png(rng), "txt": f"a red square number {i}\na picture of item {i}".encode()}
-        for i in range(N_IMAGES)
-    ]
-    _write_shard(root / "test" / "0.tar", samples)
-    return root
+from tests.helpers.data import write_classification_set, write_retrieval_set
+from tests.helpers.evaluation import ARCH, tiny_cfg, tiny_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -81,55 +31,17 @@ def eval_sets(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised tiny model saved as open_clip_train saves checkpoints."""
-    import open_clip
-
-    register_model_configs()
-    torch.manual_seed(0)
-    model = open_clip.create_model(ARCH)
     path = tmp_path_factory.mktemp("ckpt") / "epoch_1.pt"
-    torch.save({"epoch": 1, "state_dict": model.state_dict()}, path)
+    torch.save({"epoch": 1, "state_dict": tiny_state_dict()}, path)
     return path
 
 
-def tiny_cfg(eval_sets: Path, datasets=None):
-    if datasets is None:
-        datasets = [
-            {
-                "name": "shapes",
-                "task": "zeroshot_classification",
-                "root": str(eval_sets / "shapes"),
-            },
-            {"name": "few", "task": "zeroshot_classification", "root": str(eval_sets / "few")},
-            {"name": "scenes", "task": "zeroshot_retrieval", "root": str(eval_sets / "scenes")},
-        ]
-    return OmegaConf.create(
-        {
-            "model": {
-                "name": "tiny_s",
-                "arch": ARCH,
-                "label": "Tiny-S",
-                "gmacs": 0.02,
-                "global_batch": 128,
-            },
-            "data": {"name": "syn4k", "label": "Syn-4k"},
-            "samples": {"name": "s6k", "seen": 6144},
-            "eval": {
-                "datasets": [{"split": "test", **d} for d in datasets],
-                "batch_size": 32,
-                "workers": 0,
-                "recall_k": [1, 5],
-            },
-            "sweep": None,
-        }
-    )
-
-
-def test_evaluate_writes_records_then_resumes(eval_sets, checkpoint, tmp_path):
+def test_evaluate_writes_records_then_resumes(eval_sets, checkpoint, tmp_path, make_cfg):
     run_dir = tmp_path / "run-a"
     run_dir.mkdir()
     meta = {"run_id": "tiny_s-syn4k-s6k-1a2b", "config_hash": "1a2b", "git_commit": "cafe"}
     (run_dir / "meta.json").write_text(json.dumps(meta))
-    cfg = tiny_cfg(eval_sets)
+    cfg = tiny_cfg(make_cfg, eval_sets)
 
     records = evaluate(cfg, run_dir, checkpoint, step=48)
 
@@ -197,14 +109,15 @@ def _path_of(run_dir):
     return lambda r: store.record_path(run_dir, r["step"], r["dataset"], r["task"])
 
 
-def test_missing_root_is_skipped_and_others_run(eval_sets, checkpoint, tmp_path, caplog):
+def test_missing_root_is_skipped_and_others_run(eval_sets, checkpoint, tmp_path, caplog, make_cfg):
     datasets = [
         {"name": "gone", "task": "zeroshot_classification", "root": str(tmp_path / "nowhere")},
         {"name": "scenes", "task": "zeroshot_retrieval", "root": str(eval_sets / "scenes")},
     ]
     run_dir = tmp_path / "run-b"  # no meta.json: run id falls back to the folder name
     with caplog.at_level(logging.ERROR, logger="evaluation.evaluate"):
-        records = evaluate(tiny_cfg(eval_sets, datasets), run_dir, checkpoint, step=3, final=False)
+        records = evaluate(tiny_cfg(make_cfg, eval_sets, datasets), run_dir, checkpoint, step=3,
+                           final=False)
 
     assert [r["dataset"] for r in records] == ["wds/scenes"]
     assert records[0]["run_id"] == "run-b" and records[0]["config_hash"] == "unknown"
@@ -213,20 +126,20 @@ def test_missing_root_is_skipped_and_others_run(eval_sets, checkpoint, tmp_path,
     assert not store.record_path(run_dir, 3, "wds/gone", "zeroshot_classification").exists()
 
 
-def test_unknown_task_fails_before_anything_runs(eval_sets, tmp_path):
+def test_unknown_task_fails_before_anything_runs(eval_sets, tmp_path, make_cfg):
     datasets = [{"name": "shapes", "task": "segmentation", "root": str(eval_sets / "shapes")}]
     with pytest.raises(ValueError, match="segmentation"):
-        evaluate(tiny_cfg(eval_sets, datasets), tmp_path / "run", tmp_path / "x.pt", step=1)
+        evaluate(tiny_cfg(make_cfg, eval_sets, datasets), tmp_path / "run", tmp_path / "x.pt", step=1)
 
 
-def test_bad_stored_record_is_recomputed(eval_sets, checkpoint, tmp_path):
+def test_bad_stored_record_is_recomputed(eval_sets, checkpoint, tmp_path, make_cfg):
     datasets = [{"name": "few", "task": "zeroshot_classification", "root": str(eval_sets / "few")}]
     run_dir = tmp_path / "run-c"
     path = store.record_path(run_dir, 1, "wds/few", "zeroshot_classification")
     path.parent.mkdir(parents=True)
     path.write_text('{"dataset": "wds/few", "trunc')
 
-    records = evaluate(tiny_cfg(eval_sets, datasets), run_dir, checkpoint, step=1)
+    records = evaluate(tiny_cfg(make_cfg, eval_sets, datasets), run_dir, checkpoint, step=1)
 
     assert len(records) == 1 and store.read_record(path) == records[0]
     assert math.isclose(records[0]["compute"], 0.02 * 128)

@@ -8,9 +8,11 @@ import json
 import math
 from pathlib import Path
 
+import open_clip
 import pandas as pd
 import pytest
 import torch
+from clip_benchmark.datasets.builder import dataset_collection
 from omegaconf import OmegaConf
 
 import store
@@ -21,7 +23,9 @@ from evaluation.checkpoint import CheckpointError, load_model, load_state_dict
 from evaluation.evaluate import _aggregates, missing_roots, plan_jobs
 from evaluation.probe import fewshot_indices, linear_probe, probe_task
 from store.export import REFERENCE_COLUMNS, export_csv, import_paper
-from tests.test_evaluation import ARCH, write_classification_set, write_retrieval_set
+from tests.helpers.data import write_classification_set, write_retrieval_set
+from tests.helpers.evaluation import ARCH, tiny_cfg, tiny_state_dict
+from training import checkpoint as ckpts
 
 torch.set_num_threads(1)
 
@@ -30,8 +34,6 @@ torch.set_num_threads(1)
 
 
 def test_paper_suite_matches_clip_benchmark_and_the_reference(make_cfg, tmp_path):
-    from clip_benchmark.datasets.builder import dataset_collection
-
     cfg = make_cfg("eval=paper", f"eval.data_dir={tmp_path}/cb")
     zs = [d.name for d in cfg.eval.datasets if d.task == "zeroshot_classification"]
     assert zs == dataset_collection["vtab+"] and len(zs) == 36
@@ -122,11 +124,7 @@ def test_fewshot_indices_take_k_per_class():
 
 @pytest.fixture(scope="module")
 def tiny_state():
-    import open_clip
-
-    register_model_configs()
-    torch.manual_seed(0)
-    return open_clip.create_model(ARCH).state_dict()
+    return tiny_state_dict()
 
 
 def test_random_bytes_are_not_a_checkpoint(tmp_path):
@@ -157,8 +155,6 @@ class _Evil:
 
 
 def test_checkpoint_of_another_arch_is_refused(tmp_path):
-    import open_clip
-
     register_model_configs()
     other = open_clip.create_model("clipscale-tiny-m").state_dict()
     path = tmp_path / "tiny_m.pt"
@@ -266,14 +262,11 @@ def test_import_paper_is_idempotent_and_round_trips(tmp_path):
     pd.testing.assert_frame_equal(ours, ref, check_dtype=False)
 
 
-def test_cli_run_evaluates_intermediate_then_final_checkpoints(tmp_path, tiny_state):
-    from tests.test_evaluation import tiny_cfg
-    from training import checkpoint as ckpts
-
+def test_cli_run_evaluates_intermediate_then_final_checkpoints(tmp_path, tiny_state, make_cfg):
     sets = tmp_path / "sets"
     write_classification_set(sets / "shapes", ["circle", "square", "star", "cross", "moon"], 0)
-    cfg = tiny_cfg(sets, [{"name": "shapes", "task": "zeroshot_classification",
-                           "root": str(sets / "shapes")}])
+    cfg = tiny_cfg(make_cfg, sets, [{"name": "shapes", "task": "zeroshot_classification",
+                                     "root": str(sets / "shapes")}])
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")
