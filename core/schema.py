@@ -218,6 +218,21 @@ class ClusterConfig:
 
 
 @dataclass
+class LeaseConfig:
+    """Who works on a run: the process that trains or evaluates a point holds its lease
+    (``<run dir>/lease.json``, see ``launcher.lease``). Never part of a run's identity."""
+
+    wait_s: float = 0.0
+    """How long a process that finds the run held by a live holder waits for it (0: it skips
+    the point at once, saying who holds it)."""
+    heartbeat_s: float = 30.0
+    """Seconds between two heartbeats of the holder (the lease file's modification time)."""
+    stale_after_s: float = 300.0
+    """A lease whose heartbeat is older than this counts as abandoned and is taken over (so is
+    one whose pid is dead on this host, or whose SLURM job left the queue)."""
+
+
+@dataclass
 class Config:
     """Root of the composed configuration (``conf/config.yaml``)."""
 
@@ -227,6 +242,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
     root: str = "runs"
     """Folder that holds one sub-folder per run (``<root>/<run id>``)."""
     data_root: str = "data"

@@ -34,6 +34,12 @@ class Event(StrEnum):
     CANCEL_FAILED = "cancel_failed"
     """scancel failed: withdraws the ``cancelled`` before it."""
     SKIPPED = "skipped"
+    LEASE_TAKEN_OVER = "lease_taken_over"
+    """This process took over a stale lease (``previous``: its holder, ``reason``)."""
+
+
+NOT_STATE_CHANGES = frozenset({Event.SKIPPED, Event.LEASE_TAKEN_OVER})
+"""Events that record something without changing the run's state."""
 
 
 class RunState(StrEnum):
@@ -83,7 +89,7 @@ def run_state(events: Iterable[Mapping[str, Any]]) -> RunState:
         ev = e.get("event")
         if ev == Event.CANCEL_FAILED and Event.CANCELLED in names:
             del names[len(names) - 1 - names[::-1].index(Event.CANCELLED)]
-        elif ev != Event.SKIPPED:
+        elif ev not in NOT_STATE_CHANGES:
             names.append(ev)
     if not names:
         return RunState.NEW

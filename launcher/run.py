@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from core.errors import Cancelled, Preempted
 from core.schema import Stage
 from core.states import Event, RunState
 from launcher import rundir
+from launcher.lease import RUN_LEASE, Lease, LeaseHeld, Takeover
 from launcher.plan import Point, check, make_point
 
 log = logging.getLogger(__name__)
@@ -36,22 +38,53 @@ def run_point(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, 
     """Train and evaluate the point ``cfg`` describes (``cfg.stage``: both, or one of them);
     returns a summary dict.
 
-    In a job of several processes (``RANK`` set: a multi-node SLURM job, torchrun) every rank
-    trains; rank 0 alone writes the run folder's log and evaluates.
+    The process holds the run's lease (``launcher.lease``) while it works: a point held by a
+    live process elsewhere is skipped (``"state": "held"``), or waited for (``lease.wait_s``);
+    a stale lease is taken over and the takeover logged. In a job of several processes
+    (``RANK`` set: a multi-node SLURM job, torchrun) every rank trains; rank 0 alone holds the
+    lease, writes the run folder's log and evaluates.
     """
     point = make_point(overrides or [], cfg)
     check(point)
     stage = Stage(cfg.stage)
     if int(os.environ.get("RANK", 0)) != 0:
         return _follower(cfg, point.run_dir, stage)
-    path = rundir.prepare(cfg)
     if point.state == RunState.DONE:
+        log.info("%s: done already, skipped", point.run_id)
+        return {"run_id": point.run_id, "state": RunState.DONE, "skipped": True}
+    job = slurm_job()
+    lease = Lease(point.run_dir / RUN_LEASE, f"stage={stage}", job_id=job.get("job_id"),
+                  heartbeat_s=cfg.lease.heartbeat_s, stale_after_s=cfg.lease.stale_after_s,
+                  queue=_queue if job else None)
+    try:
+        with lease.hold(wait_s=cfg.lease.wait_s) as takeover:
+            return _run_held(cfg, point, stage, takeover)
+    except LeaseHeld as e:
+        log.warning("%s: skipped: %s", point.run_id, e)
+        return {"run_id": point.run_id, "state": "held", "skipped": True, "held_by": str(e)}
+
+
+def _queue() -> set[str]:
+    from launcher import slurm
+
+    return set(slurm.queue())
+
+
+def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | None) -> dict[str, Any]:
+    """The point's work, under its lease."""
+    path = rundir.prepare(cfg)
+    if takeover is not None:
+        previous = asdict(takeover.previous) if takeover.previous else None
+        rundir.log_event(path, Event.LEASE_TAKEN_OVER, previous=previous, reason=takeover.reason)
+        log.warning("%s: took over a stale lease: %s", point.run_id, takeover.reason)
+    state = rundir.state(path)  # again, under the lease: the previous holder may have finished
+    if state == RunState.DONE:
         log.info("%s: done already, skipped", point.run_id)
         return {"run_id": point.run_id, "state": RunState.DONE, "skipped": True}
     if stage == Stage.eval and not rundir.training_finished(path):
         raise RuntimeError(f"{point.run_id}: stage=eval, but its training has not finished "
-                           f"(state {point.state}); relaunch the point to train it first")
-    rundir.log_event(path, Event.START, previous_state=point.state, stage=stage, **slurm_job())
+                           f"(state {state}); relaunch the point to train it first")
+    rundir.log_event(path, Event.START, previous_state=state, stage=stage, **slurm_job())
     tic = time.time()
     result: dict[str, Any] = {}
     try:

@@ -181,12 +181,18 @@ def composition_error(e: BaseException) -> str:
 
 def report_returns(points: list[Point], returns: Sequence[Any]) -> None:
     """Summarise finished jobs; raise if any point failed (so ``make`` stops with an error)."""
-    failed = []
+    failed, held = [], []
     for point, ret in zip(points, returns, strict=True):
         error = hydra_internals.job_error(ret)
         if error is not None:
             failed.append(f"{point.run_id}: {type(error).__name__}: {error}")
-    print(f"{len(points) - len(failed)} point(s) finished, {len(failed)} failed", flush=True)
+        elif isinstance(ret.return_value, dict) and ret.return_value.get("state") == "held":
+            held.append(f"{point.run_id}: {ret.return_value.get('held_by')}")
+    finished = len(points) - len(failed) - len(held)
+    print(f"{finished} point(s) finished, {len(held)} held by another process (skipped), "
+          f"{len(failed)} failed", flush=True)
+    for line in held:
+        print(f"  held: {line}", flush=True)
     if failed:
         raise RuntimeError("failed points (relaunch the same command to retry them):\n  "
                            + "\n  ".join(failed))

@@ -19,6 +19,7 @@ from PIL import Image
 
 from core import atomic
 from core.atomic import SUCCESS
+from core.models import register_model_configs
 from synthetic import EVAL_SETS, ensure_datasets, generate, generate_eval, generate_train, scenes
 from synthetic.scenes import CLASSNAMES, POSITION_CLASSNAMES
 
@@ -211,7 +212,7 @@ def tiny_model():  # type: ignore[no-untyped-def]
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    open_clip.add_model_config(Path(__file__).parents[1] / "training" / "model_configs")
+    register_model_configs()
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("clipscale-tiny-s")
     yield model.eval(), preprocess, open_clip.get_tokenizer("clipscale-tiny-s")

@@ -46,10 +46,14 @@ from omegaconf import OmegaConf
 from core.errors import Preempted
 from core.states import Event
 from launcher import hydra_internals
+from launcher.lease import Lease, LeaseHeld
 from launcher.policy import Action, RelaunchPolicy
 from launcher.protocol import SubmittingLauncher
 
 log = logging.getLogger(__name__)
+
+SUBMIT_LOCK_WAIT_S = 600.0
+"""How long a submission waits for a concurrent submission of the same sweep to finish."""
 
 
 @dataclass
@@ -155,12 +159,32 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
             return None, " ".join(lines)[-600:]
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from launcher import rundir, slurm
-        from launcher.plan import make_point
+        """Submit the points under the sweep manifest's lock: two concurrent submissions of one
+        sweep read the queue one after the other, so no point is submitted twice."""
+        from launcher import slurm
 
         assert self.config is not None and self.hydra_context is not None
         self.manifest = Path(self._manifest) if self._manifest else slurm.manifest_path(
             self.config.root, Path(str(self.config.sweep)).stem if self.config.get("sweep") else None)
+        lock = Lease(self.manifest.with_name(self.manifest.name + ".lock"), "submission",
+                     heartbeat_s=self.config.lease.heartbeat_s,
+                     stale_after_s=self.config.lease.stale_after_s)
+        try:
+            with lock.hold(wait_s=SUBMIT_LOCK_WAIT_S) as takeover:
+                if takeover is not None:
+                    log.warning("took over the stale submission lock of %s: %s", self.manifest,
+                                takeover.reason)
+                return self._launch_locked(job_overrides, initial_job_idx)
+        except LeaseHeld as e:
+            print(f"error: another submission of this sweep is still running: {e}\n"
+                  "nothing was submitted", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    def _launch_locked(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+        from launcher import rundir, slurm
+        from launcher.plan import make_point
+
+        assert self.config is not None and self.hydra_context is not None
         try:
             squeue = slurm.queue()
         except slurm.SlurmError as e:

@@ -1,0 +1,138 @@
+"""Leases: a run folder is worked on by one process at a time; a dead holder's lease is taken
+over. Real processes, a real filesystem; SLURM's side is in tests/test_slurm.py."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import rundir
+from launcher.lease import Lease, LeaseHeld
+from tests.helpers.procs import ROOT
+
+
+def test_a_second_holder_is_refused_with_the_first_named(tmp_path: Path):
+    first = Lease(tmp_path / "lease.json", "stage=all", job_id="7_1")
+    with first.hold():
+        with pytest.raises(LeaseHeld) as e:
+            Lease(tmp_path / "lease.json", "stage=all").acquire()
+        assert f"pid {os.getpid()}" in str(e.value) and "SLURM job 7_1" in str(e.value)
+    assert not (tmp_path / "lease.json").exists()  # released
+    Lease(tmp_path / "lease.json", "stage=all").acquire()  # free again
+
+
+def test_a_dead_pid_on_this_host_is_taken_over(tmp_path: Path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    path = tmp_path / "lease.json"
+    record = {"host": os.uname().nodename, "pid": child.pid, "job_id": None,
+              "purpose": "stage=all", "started": "then", "token": "old"}
+    path.write_text(json.dumps(record))
+    lease = Lease(path, "stage=all")
+    takeover = lease.acquire()
+    assert takeover is not None and f"pid {child.pid} no longer runs" in takeover.reason
+    assert takeover.previous is not None and takeover.previous.token == "old"
+    lease.release()
+
+
+def test_a_stale_heartbeat_is_taken_over_and_a_live_one_is_not(tmp_path: Path):
+    holder = Lease(tmp_path / "lease.json", "stage=all", heartbeat_s=0.2)
+    holder.acquire()
+    time.sleep(0.5)  # a few beats: the file's mtime stays fresh
+    assert time.time() - (tmp_path / "lease.json").stat().st_mtime < 0.5
+    with pytest.raises(LeaseHeld):
+        Lease(tmp_path / "lease.json", "stage=all", stale_after_s=2).acquire()
+    holder._stop.set()  # the holder hangs: no more heartbeats
+    old = time.time() - 10
+    os.utime(tmp_path / "lease.json", (old, old))
+    other = Lease(tmp_path / "lease.json", "stage=all", stale_after_s=5)
+    takeover = other.acquire()
+    assert takeover is not None and "no heartbeat for" in takeover.reason
+    time.sleep(0.4)
+    assert holder.lost or not holder._mine()  # the stalled holder knows it lost it
+    other.release()
+
+
+def _race(path: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue) -> None:
+    lease = Lease(Path(path), "race")
+    barrier.wait()
+    try:
+        lease.acquire()
+        out.put("won")
+        time.sleep(1.0)
+        lease.release()
+    except LeaseHeld:
+        out.put("held")
+
+
+def test_of_many_concurrent_takers_exactly_one_wins(tmp_path: Path):
+    n = 6
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path / "lease.json"), barrier, out))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    results = sorted(out.get(timeout=5) for _ in range(n))
+    assert results == ["held"] * (n - 1) + ["won"]
+
+
+def _launch(root: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "launch.py", "-m", "model=tiny_s", "data=syn4k", "samples=s18k",
+         "eval=none", f"root={root}", f"data_root={root.parent / 'data'}", "train.workers=0",
+         *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+
+
+def _events(root: Path) -> list[dict]:
+    (run,) = [p for p in root.iterdir() if (p / "status.jsonl").exists()]
+    return rundir.events(run)
+
+
+@pytest.mark.slow
+def test_two_concurrent_launches_of_one_point_train_it_once(tmp_path: Path):
+    root = tmp_path / "runs"
+    a, b = _launch(root), _launch(root)
+    outs = [p.communicate(timeout=600)[0] for p in (a, b)]
+    assert [p.returncode for p in (a, b)] == [0, 0], outs
+    names = [e["event"] for e in _events(root)]
+    assert names.count("start") == 1 and names.count("trained") == 1, names
+    assert names.count("done") == 1
+    assert any("held by another process" in o and "1 held" in o or "0 point(s) to run" in o
+               for o in outs), outs
+
+
+@pytest.mark.slow
+def test_a_holder_killed_with_sigkill_leaves_a_lease_the_next_launch_takes_over(tmp_path: Path):
+    root = tmp_path / "runs"
+    first = _launch(root, "train.checkpoint_every=4")
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until it has trained a few steps under its lease
+        logs = list(root.glob("*/train_log.jsonl"))
+        if logs and logs[0].read_text().count("\n") >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("no training log appeared")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    (lease,) = root.glob("*/lease.json")
+    assert json.loads(lease.read_text())["pid"] > 0  # the dead holder's lease stays
+    second = _launch(root)
+    out = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, out
+    events = _events(root)
+    taken = [e for e in events if e["event"] == "lease_taken_over"]
+    assert len(taken) == 1 and "no longer runs" in taken[0]["reason"], events
+    assert events[-1]["event"] == "done" and not lease.exists()
