@@ -2,7 +2,7 @@
 
 For each model (default ViT-B/32 and ViT-L/14, bf16 autocast, the paper's per-GPU batch from
 ``conf/model/*.yaml``, shrunk by a quarter at a time until it fits), it times our
-``training.train.train_step`` and open_clip_train's own ``train_one_epoch`` over the same
+``training.step.train_step`` and open_clip_train's own ``train_one_epoch`` over the same
 batches already on the device (the data pipeline is left out on purpose: this measures the
 step), after ``--warmup`` steps, and reports samples/s, MFU (forward GMACs x 2 x 3 per sample
 over ``--peak-tflops``) and peak memory of each, with ``ratio`` = ours over theirs.
@@ -50,7 +50,7 @@ from open_clip_train.scheduler import cosine_lr  # noqa: E402
 from open_clip_train.train import train_one_epoch  # noqa: E402
 
 from training import models  # noqa: E402
-from training.train import make_optimizer, train_step  # noqa: E402
+from training.step import make_optimizer, train_step  # noqa: E402
 
 RECIPE = OmegaConf.create(
     {"lr": 5e-4, "weight_decay": 0.2, "beta1": 0.9, "beta2": 0.98, "eps": 1e-6}

@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 import synthetic  # noqa: E402
 from core import schema  # noqa: E402
 from core.models import register_model_configs  # noqa: E402
-from training.train import LOG_FILE, train  # noqa: E402
+from training.metrics import LOG_FILE  # noqa: E402
+from training.train import train  # noqa: E402
 
 ARCHES = {"tiny_s": ("clipscale-tiny-s", 0.00424), "tiny_m": ("clipscale-tiny-m", None)}
 _OC_LINE = re.compile(r"Batch \(t\): [\d.]+, ([\d.eE+-]+)/s,")

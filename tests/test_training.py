@@ -3,101 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
-import os
 import random
-import subprocess
-import sys
-import textwrap
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import webdataset as wds
-from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
-from core import schema
 from core.models import register_model_configs
+from tests.helpers.data import jpeg
+from tests.helpers.training import ARCH, make_cfg
 from training import checkpoint, data, models
-from training.train import LOG_FILE, make_plan, train
-
-ARCH = "clipscale-tiny-s"
-WORDS = ["red", "blue", "green", "circle", "square", "left", "right", "big", "small"]
-
-
-def _jpeg(rng: random.Random) -> bytes:
-    colour = tuple(rng.randrange(256) for _ in range(3))
-    img = Image.new("RGB", (32, 32), colour)
-    img.putpixel((rng.randrange(32), rng.randrange(32)), (255, 255, 255))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def write_shards(folder: Path, n_shards: int = 2, per_shard: int = 128) -> str:
-    """img2dataset-style shards (``.jpg``/``.txt``/``.json``); returns their brace pattern."""
-    rng = random.Random(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for s in range(n_shards):
-        with wds.TarWriter(str(folder / f"{s:05d}.tar")) as sink:
-            for i in range(per_shard):
-                key = f"{s * per_shard + i:09d}"
-                text = " ".join(rng.choices(WORDS, k=4))
-                meta = {"key": key, "caption": text, "status": "success"}
-                sink.write(
-                    {"__key__": key, "jpg": _jpeg(rng), "txt": text, "json": json.dumps(meta)}
-                )
-    return str(folder / f"{{00000..{n_shards - 1:05d}}}.tar")
-
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def spawn_python(code: str, **env: str) -> subprocess.Popen:
-    """A child Python running ``code`` (dedented) in the repository, one thread, with the extra
-    environment ``env``; stdout and stderr piped as text."""
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def make_cfg(shards: str, **over: object) -> DictConfig:
-    """The typed config (schema.Config) shrunk to a few CPU steps; ``over``: dotted overrides."""
-    cfg = OmegaConf.structured(schema.Config)
-    base = {
-        "model": {
-            "name": "tiny_s",
-            "arch": ARCH,
-            "label": "Tiny-S",
-            "gmacs": 0.00424,
-            "global_batch": 16,
-            "local_batch": 16,
-            "precision": "fp32",
-        },
-        "data": {"name": "test", "label": "Test", "num_samples": 256, "shards": shards},
-        "samples": {"name": "s80", "seen": 80},
-        "train": {
-            "lr": 1e-3,
-            "warmup": 2,
-            "workers": 0,
-            "log_every": 2,
-            "checkpoint_every": 0,
-            "keep_checkpoints": 2,
-        },
-    }
-    cfg = OmegaConf.merge(cfg, base)
-    for key, value in over.items():
-        OmegaConf.update(cfg, key.replace("__", "."), value)
-    return cfg
+from training.metrics import LOG_FILE
+from training.train import make_plan, train
 
 
 def _log_lines(run_dir: Path) -> list[dict]:
@@ -196,7 +117,7 @@ def test_accumulated_gradient_equals_full_batch_gradient(shards: str):
     """
     from open_clip import ClipLoss
 
-    from training.train import _accumulated_backward
+    from training.step import accumulated_backward
 
     torch.manual_seed(0)
     model, _, _, tok = models.create_model(ARCH, "fp32", "cpu")
@@ -205,7 +126,7 @@ def test_accumulated_gradient_equals_full_batch_gradient(shards: str):
     full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     halves = [(images[:4], texts[:4]), (images[4:], texts[4:])]
-    _accumulated_backward(model, ClipLoss(), halves, contextlib.nullcontext, None)
+    accumulated_backward(model, ClipLoss(), halves, contextlib.nullcontext, None)
     for n, p in model.named_parameters():
         if n in full:
             expected = full[n] * len(halves) if n == "logit_scale" else full[n]
@@ -225,7 +146,7 @@ def test_corrupt_shard_and_sample_are_skipped(shards: str, tmp_path: Path):
         sink.write({"__key__": "000000000", "jpg": b"not a jpeg", "txt": "broken"})
         for i in range(1, 64):
             sink.write(
-                {"__key__": f"{i:09d}", "jpg": _jpeg(random.Random(i)), "txt": "a red square"}
+                {"__key__": f"{i:09d}", "jpg": jpeg(random.Random(i)), "txt": "a red square"}
             )
     # 00002.tar does not exist at all.
     with pytest.warns(UserWarning, match="skipping unreadable data") as caught:

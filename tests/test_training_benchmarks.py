@@ -1,4 +1,5 @@
-"""The benchmark scripts' CPU paths run (the GPU one is meant for a lent H100/H200)."""
+"""The benchmark scripts' CPU paths run (the GPU one is meant for a lent H100/H200): GPU
+throughput's dry run, training and loader throughput in their smallest settings."""
 
 from __future__ import annotations
 
@@ -51,3 +52,15 @@ def test_train_throughput_writes_the_json_shape(tmp_path: Path):
         "ratio",
     } <= set(result)
     assert result["batch"] == 16 and result["ratio"] > 0
+
+
+def test_loader_throughput_benchmark_runs(tmp_path: Path):
+    import loader_throughput
+
+    out = tmp_path / "loader.json"
+    args = ["--samples", "40", "--workers", "0", "--batch", "8", "--batches", "2", "--warmup", "1"]
+    args += ["--rounds", "1"]
+    result = loader_throughput.main([*args, "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["image_size"] == 224 and result["workers"] == [0]
+    assert result["samples_per_s"][0] > 0 and result["samples_per_s_per_worker"][0] > 0

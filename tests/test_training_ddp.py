@@ -8,23 +8,27 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from test_training import make_cfg, spawn_python, write_shards
 
+from tests.helpers.data import write_shards
+from tests.helpers.procs import spawn_python
+from tests.helpers.training import make_cfg
 from training import checkpoint
-from training.train import LOG_FILE
+from training.metrics import LOG_FILE
 
 CHILD = """
 import torch
 torch.set_num_threads(1)
 from omegaconf import OmegaConf
-import training.train as T
-real_result = T._Run.result
+from training.state import Run
+from training.step import unwrap
+from training.train import train
+real_result = Run.result
 def result(self, path):
     # Each rank keeps its own weights, to compare the ranks with each other.
-    torch.save(T.unwrap(self.model).state_dict(), {out!r} + f"/rank{{self.dist.rank}}.pt")
+    torch.save(unwrap(self.model).state_dict(), {out!r} + f"/rank{{self.dist.rank}}.pt")
     return {{**real_result(self, path), "accum": self.plan.accum, "world": self.plan.world}}
-T._Run.result = result
-out = T.train(OmegaConf.load({cfg!r}), {run_dir!r})
+Run.result = result
+out = train(OmegaConf.load({cfg!r}), {run_dir!r})
 print("RANKS", len(out["ranks"]), len({{r["weights_sha256"] for r in out["ranks"]}}))
 print("RESULT", out["accum"], out["world"], out["step"])
 """

@@ -13,12 +13,16 @@ import pytest
 import torch
 import webdataset as wds
 from omegaconf import OmegaConf
-from test_evaluation import write_classification_set
-from test_training import _jpeg, make_cfg, write_shards
 
+import training.step as S
+from core.errors import Preempted
 from core.models import register_model_configs
+from evaluation.evaluate import evaluate
+from tests.helpers.data import jpeg, write_classification_set, write_shards
+from tests.helpers.training import make_cfg
 from training import checkpoint, data
-from training.train import LOG_FILE, train
+from training.metrics import LOG_FILE
+from training.train import train
 
 
 def _records(run_dir: Path) -> dict[int, list[dict]]:
@@ -40,7 +44,12 @@ def test_zeroshot_every_writes_learning_curve_and_changes_nothing(shards: str, t
             "batch_size": 32,
         },
     )
-    out = train(cfg, tmp_path / "run")
+    run_dir = tmp_path / "run"
+    out = train(
+        cfg,
+        run_dir,
+        evaluate_checkpoint=lambda path, step: evaluate(cfg, run_dir, path, step, final=False),
+    )
     assert out["step"] == 5
     records = _records(tmp_path / "run")
     assert sorted(records) == [2, 4]  # the final step's records are the launcher's job
@@ -54,12 +63,19 @@ def test_zeroshot_every_writes_learning_curve_and_changes_nothing(shards: str, t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_zeroshot_every_without_a_callback_is_refused_at_start(shards: str, tmp_path: Path):
+    cfg = make_cfg(shards, train__zeroshot_every=2)
+    with pytest.raises(ValueError, match="train.zeroshot_every"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def _write_bad_shards(folder: Path) -> str:
     """Two good shards, one with 8 corrupt images among its samples, one truncated tar."""
     pattern = write_shards(folder, n_shards=2, per_shard=64)
     with wds.TarWriter(str(folder / "00002.tar")) as sink:
         for i in range(32):
-            jpg = b"not a jpeg" if i % 4 == 0 else _jpeg(random.Random(i))
+            jpg = b"not a jpeg" if i % 4 == 0 else jpeg(random.Random(i))
             sink.write({"__key__": f"bad{i:06d}", "jpg": jpg, "txt": "red circle"})
     whole = (folder / "00000.tar").read_bytes()
     (folder / "00003.tar").write_bytes(whole[: len(whole) // 3])
@@ -160,27 +176,10 @@ def test_shard_weights_change_the_run_id(shards: str):
     assert list(two.data.shard_weights) == [1.0, 2.0]
 
 
-def test_loader_throughput_benchmark_runs(tmp_path: Path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import loader_throughput
-
-    out = tmp_path / "loader.json"
-    args = ["--samples", "40", "--workers", "0", "--batch", "8", "--batches", "2", "--warmup", "1"]
-    args += ["--rounds", "1"]
-    result = loader_throughput.main([*args, "--out", str(out)])
-    assert json.loads(out.read_text()) == result
-    assert result["image_size"] == 224 and result["workers"] == [0]
-    assert result["samples_per_s"][0] > 0 and result["samples_per_s_per_worker"][0] > 0
-
-
 def test_skipped_counts_survive_a_resume_at_a_segment_boundary(tmp_path: Path, monkeypatch):
     """Preempted at step 2 (the end of a 2-step data segment), resumed: the same counts as a run
     that went straight through (workers=0 reads deterministically, nothing counted twice)."""
     import signal
-
-    import training.train as T
 
     monkeypatch.setattr(data, "SEGMENT_STEPS", 2)
     shards = _write_bad_shards(tmp_path / "shards")
@@ -188,7 +187,7 @@ def test_skipped_counts_survive_a_resume_at_a_segment_boundary(tmp_path: Path, m
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         straight = checkpoint.read_marker(train(cfg, tmp_path / "straight")["checkpoint"])
-        real_step, calls = T.train_step, []
+        real_step, calls = S.train_step, []
 
         def step_then_signal(*a, **kw):
             calls.append(1)
@@ -196,11 +195,11 @@ def test_skipped_counts_survive_a_resume_at_a_segment_boundary(tmp_path: Path, m
                 signal.raise_signal(signal.SIGTERM)  # caught by the trainer's handler
             return real_step(*a, **kw)
 
-        monkeypatch.setattr(T, "train_step", step_then_signal)
-        with pytest.raises(T.Preempted) as stopped:
+        monkeypatch.setattr(S, "train_step", step_then_signal)
+        with pytest.raises(Preempted) as stopped:
             train(cfg, tmp_path / "resumed")
         assert stopped.value.step == 2
-        monkeypatch.setattr(T, "train_step", real_step)
+        monkeypatch.setattr(S, "train_step", real_step)
         out = train(cfg, tmp_path / "resumed")
     assert out["resumed_from"] == 2
     resumed = checkpoint.read_marker(out["checkpoint"])

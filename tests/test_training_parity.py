@@ -21,10 +21,12 @@ import torch
 from open_clip import ClipLoss
 from open_clip_train.scheduler import cosine_lr
 from open_clip_train.train import train_one_epoch
-from test_training import make_cfg
 
+from tests.helpers.training import make_cfg
 from training import checkpoint, data, models
-from training.train import LOG_FILE, seed_everything, train
+from training.metrics import LOG_FILE
+from training.models import seed_everything
+from training.train import train
 
 STEPS = 20
 ATOL = 1e-6

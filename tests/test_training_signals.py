@@ -10,16 +10,33 @@ import time
 from pathlib import Path
 
 import pytest
-import test_training_resume as resume
 import torch
 from open_clip import ClipLoss
-from test_training_resume import STEPS, _child, _resume_and_compare
 
-import training.train as T
+import training.step as S
+from core.errors import NonFiniteLoss, Preempted
+from tests.helpers.training import (
+    STEPS,
+    resume_and_compare,
+    resume_cfg,
+    spawn_trainer,
+    straight_weights,
+)
 from training import checkpoint
+from training.metrics import LOG_FILE, Meter
+from training.stop import PREEMPTED_EXIT_CODE
+from training.train import train
 
-# The resume tests' fixtures: the same run, and the weights of its uninterrupted twin.
-cfg, straight = resume.cfg, resume.straight  # module fixtures shared with the resume tests
+
+# The resume tests' run, and the weights of its uninterrupted twin.
+@pytest.fixture(scope="module")
+def cfg(shards: str):
+    return resume_cfg(shards)
+
+
+@pytest.fixture(scope="module")
+def straight(cfg, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    return straight_weights(cfg, tmp_path_factory.mktemp("straight") / "run")
 
 
 def test_sigterm_checkpoints_at_step_boundary_and_exits_with_preempted(
@@ -28,19 +45,19 @@ def test_sigterm_checkpoints_at_step_boundary_and_exits_with_preempted(
     run_dir = tmp_path / "run"
     cfg = cfg.copy()
     cfg.train.checkpoint_every = 0  # the checkpoint must come from the signal alone
-    proc = _child(cfg, run_dir, "slow")
-    log = run_dir / T.LOG_FILE
+    proc = spawn_trainer(cfg, run_dir, "slow")
+    log = run_dir / LOG_FILE
     deadline = time.monotonic() + 60
     while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == T.PREEMPTED_EXIT_CODE, err
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err
     _, step, path = out.strip().splitlines()[-1].split()
     latest = checkpoint.latest(run_dir)
     assert str(latest) == path and checkpoint.is_complete(latest)
     assert 1 <= int(step) < STEPS and checkpoint.load(latest)["step"] == int(step)
-    _resume_and_compare(cfg, run_dir, straight, monkeypatch, from_step=int(step))
+    resume_and_compare(cfg, run_dir, straight, monkeypatch, from_step=int(step))
 
 
 def test_sigusr2_in_process_raises_preempted_and_restores_handlers(
@@ -49,7 +66,7 @@ def test_sigusr2_in_process_raises_preempted_and_restores_handlers(
     cfg = cfg.copy()
     cfg.train.checkpoint_every = 0
     calls = []
-    real_step = T.train_step
+    real_step = S.train_step
 
     def step_then_signal(*args, **kwargs):
         calls.append(1)
@@ -57,10 +74,10 @@ def test_sigusr2_in_process_raises_preempted_and_restores_handlers(
             os.kill(os.getpid(), signal.SIGUSR2)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(T, "train_step", step_then_signal)
+    monkeypatch.setattr(S, "train_step", step_then_signal)
     before = signal.getsignal(signal.SIGUSR2)
-    with pytest.raises(T.Preempted) as caught:
-        T.train(cfg, tmp_path / "run")
+    with pytest.raises(Preempted) as caught:
+        train(cfg, tmp_path / "run")
     assert caught.value.step == 3 and caught.value.signum == signal.SIGUSR2
     assert checkpoint.latest(tmp_path / "run") == caught.value.checkpoint
     assert checkpoint.load(caught.value.checkpoint)["step"] == 3
@@ -81,16 +98,16 @@ class _NanLoss(ClipLoss):
 
 def _nan_at(monkeypatch, calls: set[int]) -> None:
     loss = type("NanLoss", (_NanLoss,), {"bad": calls, "calls": 0})
-    monkeypatch.setattr(T, "ClipLoss", loss)
+    monkeypatch.setattr(S, "ClipLoss", loss)
 
 
 def test_non_finite_steps_are_skipped_and_counted(cfg, tmp_path: Path, monkeypatch):
     cfg = cfg.copy()
     cfg.model.local_batch = 16  # one loss call per step
     _nan_at(monkeypatch, {3, 5})
-    out = T.train(cfg, tmp_path / "run")
+    out = train(cfg, tmp_path / "run")
     assert out["step"] == STEPS and math.isfinite(out["loss"])
-    lines = [json.loads(x) for x in (tmp_path / "run" / T.LOG_FILE).read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "run" / LOG_FILE).read_text().splitlines()]
     assert [r["nonfinite_skipped"] for r in lines] == [0, 0, 1, 1, 2, 2, 2, 2]
     final = checkpoint.load(out["checkpoint"])
     assert final["nonfinite_skipped"] == 2
@@ -103,14 +120,14 @@ def test_non_finite_in_a_row_stops_with_last_good_checkpoint(cfg, tmp_path: Path
     cfg = cfg.copy()
     cfg.model.local_batch = 16
     _nan_at(monkeypatch, set(range(3, 100)))
-    with pytest.raises(T.NonFiniteLoss, match="5 non-finite losses in a row.*step_00000002"):
-        T.train(cfg, tmp_path / "run")
+    with pytest.raises(NonFiniteLoss, match="5 non-finite losses in a row.*step_00000002"):
+        train(cfg, tmp_path / "run")
     latest = checkpoint.latest(tmp_path / "run")
     assert latest.name == "step_00000002.pt" and math.isfinite(checkpoint.load(latest)["loss"])
 
 
 def test_loss_spike_is_flagged_against_running_mean():
-    meter = T._Meter(0, flops_per_sample=1.0, peak=1.0)
+    meter = Meter(0, flops_per_sample=1.0, peak=1.0)
     assert not any(meter.add(1.0) for _ in range(20))
     assert not meter.add(math.nan)  # non-finite: counted elsewhere, not a spike
     assert meter.add(10.0) and meter.spikes == 1

@@ -14,9 +14,12 @@ Layout (under ``<run_dir>/checkpoints/``):
 A checkpoint file is open_clip_train's format (``epoch``, ``name``, ``state_dict``,
 ``optimizer``, so ``open_clip.create_model_and_transforms(arch, pretrained=path)`` loads it)
 plus ours: ``step``, ``samples_seen``, ``total_steps``, ``global_batch``, ``arch``, ``final``,
-``loss``, ``seconds`` (training wall-clock over all attempts), ``skipped_samples`` and
-``skipped_shards`` (unreadable data the loader skipped), ``schedule`` (plain numbers),
-``scaler`` (fp16 GradScaler state or None) and ``rng`` (every RNG state as tensors). It holds
+``loss`` (of the last finite step), ``nonfinite_skipped`` (steps skipped for a non-finite
+loss), ``seconds`` (training wall-clock over all attempts), ``resumed_from`` (step of the last
+resume or None), ``skipped_samples`` and ``skipped_shards`` (unreadable data the loader
+skipped), ``schedule`` (plain numbers), ``data`` (``segment_steps``, ``world`` and
+``skipped_before_segment``, the skip counts a resume starts from), ``scaler`` (fp16
+GradScaler state or None) and ``rng`` (every RNG state as tensors; rank 0's). It holds
 only tensors, numbers, strings and containers, so ``torch.load(weights_only=True)`` reads it.
 
 One process writes a run's checkpoints at a time (the launcher's job); :func:`save` therefore

@@ -17,14 +17,19 @@ import os
 import random
 import signal
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import braceexpand
 import torch
 import webdataset as wds
+from omegaconf import DictConfig
+from open_clip import get_input_dtype
 from open_clip_train.data import filter_no_caption_or_no_image, tarfile_to_samples_nothrow
 from webdataset.filters import _shuffle
+
+from core.steps import Steps
 
 SHUFFLE_SIZE = 5000
 """Sample shuffle buffer (open_clip_train's ``_SAMPLE_SHUFFLE_SIZE``)."""
@@ -89,6 +94,35 @@ class SkipCounts:
     @property
     def shards(self) -> int:
         return int(self._counts[1])
+
+
+@dataclass
+class SkipTally:
+    """What the loader skipped over a run's data segments, as ``[samples, shards]``."""
+
+    closed: list[int] = field(default_factory=lambda: [0, 0])
+    """Skipped in the segments whose loaders are closed (and, on resume, before the segment)."""
+    live: dict[int, SkipCounts] = field(default_factory=dict)
+    """Counters of the open segments' loaders, by segment."""
+
+    def open(self, segment: int) -> SkipCounts:
+        """A fresh counter for the loader of ``segment``."""
+        self.live[segment] = SkipCounts()
+        return self.live[segment]
+
+    def close(self, segment: int) -> None:
+        """Fold the counts of ``segment``, whose loader is done, into :attr:`closed`."""
+        done = self.live.pop(segment)
+        self.closed = [self.closed[0] + done.samples, self.closed[1] + done.shards]
+
+    def total(self, before_segment: int | None = None) -> list[int]:
+        """``[samples, shards]`` skipped so far (only in segments before ``before_segment``)."""
+        total = list(self.closed)
+        for segment, counts in self.live.items():
+            if before_segment is None or segment < before_segment:
+                total[0] += counts.samples
+                total[1] += counts.shards
+        return total
 
 
 class SkipErrors:
@@ -251,3 +285,59 @@ def _ignore_stop_signals(worker_id: int) -> None:
     the next step and then shuts them down (a worker killed first fails the step instead)."""
     for s in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(s, signal.SIG_IGN)
+
+
+def step_batches(
+    cfg: DictConfig,
+    steps: Steps,
+    start: int,
+    rank: int,
+    device: torch.device,
+    preprocess: Callable[[Any], torch.Tensor],
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    skips: SkipTally,
+) -> Generator[list, None, None]:
+    """Endless iterator, from step ``start`` on, of lists of ``steps.accum`` micro-batches of
+    ``steps.local_batch`` on ``device`` (images in ``model.precision``'s input dtype).
+
+    The stream is cut into segments of :data:`SEGMENT_STEPS` steps, each with its own seed
+    (``train.seed``, segment, ``rank``); a start mid-segment restarts the segment and skips the
+    steps already taken, so the batches of step ``s`` do not depend on where the run was
+    interrupted. The next segment's loader starts (its workers spawn and prefetch) while the
+    last step of the current one trains, so a segment boundary does not stall the model.
+    What each segment skips is counted in ``skips``. Close the generator to shut the loader's
+    workers down.
+    """
+    input_dtype = get_input_dtype(cfg.model.precision)
+
+    def start_segment(segment: int) -> Iterator[Any]:
+        loader = make_loader(
+            cfg.data.shards,
+            preprocess,
+            tokenizer,
+            steps.local_batch,
+            int(cfg.train.workers),
+            seed=stream_seed(int(cfg.train.seed), segment, rank),
+            counts=skips.open(segment),
+            weights=cfg.data.shard_weights,
+        )
+        return iter(loader)
+
+    def on_device(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, texts = batch
+        images = images.to(device, dtype=input_dtype, non_blocking=True)
+        return images, texts.to(device, non_blocking=True)
+
+    segment, offset = divmod(start, SEGMENT_STEPS)
+    it = start_segment(segment)
+    for _ in range(offset * steps.accum):
+        next(it)
+    while True:
+        for k in range(offset, SEGMENT_STEPS):
+            group = [on_device(b) for b in (next(it) for _ in range(steps.accum))]
+            if k == SEGMENT_STEPS - 1:
+                following = start_segment(segment + 1)
+            yield group
+        # Dropping the last reference shuts the finished segment's loader workers down.
+        it, segment, offset = following, segment + 1, 0
+        skips.close(segment - 1)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
 
 from core.models import quiet_model_build, register_model_configs
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Python and numpy (model init draws from them)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def create_model(

@@ -1,0 +1,159 @@
+"""The state of one training attempt (:class:`Run`): what its checkpoints store, how they are
+saved, and how a relaunch resumes from the newest complete one (:func:`resume`).
+
+The file format (atomic files, completion markers, keep-latest-k) is :mod:`training.checkpoint`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from core.steps import Steps
+from training import checkpoint, data
+from training.distributed import Dist, barrier
+from training.step import unwrap
+
+log = logging.getLogger(__name__)
+
+RESULT_KEYS = ("step", "samples_seen", "loss", "seconds", "resumed_from")
+"""What :func:`training.train.train` returns besides ``checkpoint`` and ``skipped``."""
+
+
+@dataclass
+class Run:
+    """Everything one training attempt holds; :meth:`state` is what a checkpoint stores."""
+
+    cfg: DictConfig
+    run_dir: Path
+    plan: Steps
+    device: torch.device
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    dist: Dist = field(default_factory=Dist)
+    step: int = 0
+    loss: float = math.nan
+    """Loss of the last finite step."""
+    nonfinite: int = 0
+    """Steps skipped for a non-finite loss, over all attempts."""
+    seconds_before: float = 0.0
+    """Training wall-clock of the earlier attempts."""
+    resumed_from: int | None = None
+    started: float = field(default_factory=time.perf_counter)
+    skips: data.SkipTally = field(default_factory=data.SkipTally)
+    """What the loader skipped, over all attempts."""
+
+    @property
+    def samples_seen(self) -> int:
+        return self.step * self.plan.global_batch
+
+    def seconds(self) -> float:
+        """Training wall-clock over all attempts of this run."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def state(self, final: bool) -> dict[str, Any]:
+        """Checkpoint contents (the keys are listed in :mod:`training.checkpoint`)."""
+        t = self.cfg.train
+        skipped = self.skips.total()
+        return {
+            "epoch": int(final),  # the whole run is one open_clip "epoch" of samples.seen pairs
+            "name": self.run_dir.name,
+            "state_dict": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "total_steps": self.plan.total_steps,
+            "global_batch": self.plan.global_batch,
+            "arch": str(self.cfg.model.arch),
+            "final": final,
+            "loss": self.loss,
+            "nonfinite_skipped": self.nonfinite,
+            "seconds": self.seconds(),
+            "resumed_from": self.resumed_from,
+            "schedule": {
+                "kind": "cosine",
+                "base_lr": float(t.lr),
+                "warmup": int(t.warmup),
+                "total_steps": self.plan.total_steps,
+                "lr": float(self.optimizer.param_groups[0]["lr"]),
+            },
+            "skipped_samples": skipped[0],
+            "skipped_shards": skipped[1],
+            "data": {
+                "segment_steps": data.SEGMENT_STEPS,
+                "world": self.plan.world,
+                # A resume replays the current segment, which counts its skips again.
+                "skipped_before_segment": self.skips.total(self.step // data.SEGMENT_STEPS),
+            },
+            "rng": checkpoint.rng_state(),
+        }
+
+    def save(self, final: bool) -> Path:
+        """Checkpoint (rank 0 writes; every rank waits for it, so none runs ahead of a save)."""
+        path = checkpoint.checkpoint_dir(self.run_dir) / (
+            checkpoint.FINAL if final else f"step_{self.step:08d}.pt"
+        )
+        if self.dist.main:
+            keep = int(self.cfg.train.keep_checkpoints)
+            path = checkpoint.save(self.run_dir, self.step, self.state(final), keep)
+        barrier(self.dist)
+        return path
+
+    def result(self, path: Path) -> dict[str, Any]:
+        """What :func:`training.train.train` returns once ``path`` (``final.pt``) is saved."""
+        return {
+            "skipped": False,
+            "checkpoint": str(path),
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "loss": self.loss,
+            "seconds": self.seconds(),
+            "resumed_from": self.resumed_from,
+        }
+
+
+def finished(run_dir: Path) -> dict[str, Any] | None:
+    """The result of a run whose ``final.pt`` is complete (from its marker), else None."""
+    done = checkpoint.final(run_dir)
+    if done is None:
+        return None
+    record = checkpoint.read_marker(done)
+    return {"checkpoint": str(done), **{k: record.get(k) for k in RESULT_KEYS}, "skipped": True}
+
+
+def resume(run: Run) -> None:
+    """Load the newest complete checkpoint of the run, if any, into ``run``.
+
+    Raises ValueError when it is of another architecture or global batch. The RNG states are
+    restored in a one-process run only (the saved ones are rank 0's).
+    """
+    path = checkpoint.latest(run.run_dir)
+    if path is None:
+        return
+    state = checkpoint.load(path)
+    if state["arch"] != run.cfg.model.arch or state["global_batch"] != run.plan.global_batch:
+        raise ValueError(
+            f"{path} is a {state['arch']} checkpoint at global batch {state['global_batch']}; "
+            f"this run is {run.cfg.model.arch} at {run.plan.global_batch}"
+        )
+    unwrap(run.model).load_state_dict(state["state_dict"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    if run.dist.world == 1:
+        checkpoint.set_rng_state(state["rng"])
+    run.step, run.loss = int(state["step"]), float(state["loss"])
+    # Checkpoints of older versions may lack these keys.
+    run.nonfinite = int(state.get("nonfinite_skipped", 0))
+    run.skips.closed = [int(x) for x in state["data"].get("skipped_before_segment", [0, 0])]
+    run.seconds_before, run.resumed_from = float(state["seconds"]), run.step
+    log.info("resuming %s from step %d (%s)", run.run_dir.name, run.step, path.name)

@@ -1,0 +1,43 @@
+"""Stop requests: SIGTERM/SIGUSR2 (what SLURM sends before a time limit or a preemption) make the
+run checkpoint at the next step boundary and raise :class:`core.errors.Preempted`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import torch
+
+from training.distributed import Dist, any_rank
+
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+"""What SLURM sends before a time limit or a preemption."""
+PREEMPTED_EXIT_CODE = 3
+"""Exit status a CLI wrapper should use for :class:`core.errors.Preempted` (requeue, do not mark failed)."""
+
+
+class StopFlag:
+    """Records SIGTERM/SIGUSR2 while in its ``with`` block (the previous handlers come back
+    after it), so that the loop stops at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in PREEMPT_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def requested(self, dist_: Dist, device: torch.device) -> bool:
+        """True on every rank when any rank got a signal (all must save the same step)."""
+        return any_rank(self.signum is not None, dist_, device)
