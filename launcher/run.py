@@ -107,10 +107,15 @@ def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | 
 
 
 def _train(cfg: DictConfig, path: Path) -> dict[str, Any]:
-    """Train (or find trained) and log ``trained`` once."""
+    """Train (or find trained) and log ``trained`` once; with ``train.zeroshot_every`` the
+    trainer calls back into evaluation at those steps (records with ``final: false``)."""
+    from evaluation.evaluate import evaluate
     from training.train import train
 
-    result = train(cfg, path)
+    def learning_curve(ckpt: Path, step: int) -> None:
+        evaluate(cfg, path, ckpt, step=step, final=False)
+
+    result = train(cfg, path, evaluate_checkpoint=learning_curve)
     if not result.get("skipped") or not rundir.training_finished(path):
         rundir.log_event(path, Event.TRAINED, step=result["step"],
                          samples_seen=result["samples_seen"], loss=result["loss"],
@@ -155,6 +160,10 @@ def _last_event(path: Path) -> str | None:
     return evs[-1].get("event") if evs else None
 
 
+def _rank0_only(checkpoint: Path, step: int) -> None:
+    raise AssertionError("the trainer evaluates on rank 0 only")
+
+
 def _follower(cfg: DictConfig, path: Path, stage: Stage) -> dict[str, Any]:
     """Rank > 0 of a multi-process job: train alongside rank 0, write nothing of the run's own."""
     if stage == Stage.eval:
@@ -163,5 +172,5 @@ def _follower(cfg: DictConfig, path: Path, stage: Stage) -> dict[str, Any]:
     from training.train import train
 
     synthetic.ensure_datasets(cfg)
-    result = train(cfg, path)
+    result = train(cfg, path, evaluate_checkpoint=_rank0_only)
     return {"run_id": path.name, "state": RunState.TRAINED, "rank": int(os.environ["RANK"]), **result}

@@ -218,3 +218,51 @@ def test_disk_full_message_and_pickle():
     assert DiskFull.human(512) == "512 B" and DiskFull.human(3 * 10**9) == "3.0 GB"
     quota = DiskFull("/q/f", 2000, 10**9, quota=True)
     assert str(quota) == "disk quota exceeded writing /q/f: needed 2.0 kB, 1.0 GB free"
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a run whose disk fills up says why it stopped, and resumes
+
+
+def _launch(root: Path, data_root: Path, *extra: str) -> subprocess.CompletedProcess:
+    import sys
+
+    from tests.helpers.procs import ROOT
+
+    return subprocess.run(
+        [sys.executable, "launch.py", "model=tiny_s", "data=syn4k", "eval=none", f"root={root}",
+         f"data_root={data_root}", "train.workers=0", "train.keep_checkpoints=2", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_a_run_on_a_full_disk_fails_saying_so_and_resumes_when_there_is_room(tmpfs, tmp_path):
+    from launcher import rundir
+    from training import checkpoint
+
+    data = tmp_path / "data"  # the generated shards live off the small disk
+    probe = _launch(tmp_path / "probe", data, "samples=s6k")  # how large is one checkpoint?
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    (final,) = (tmp_path / "probe").glob("*/checkpoints/final.pt")
+    size = final.stat().st_size
+
+    disk = tmpfs(int(3.5 * size) + 4 * MB)
+    root = disk / "runs"
+    filler = fill(disk, int(1.6 * size))  # room for the first step checkpoint, not the second
+    failed = _launch(root, data, "samples=s18k", "train.checkpoint_every=40")
+    assert failed.returncode != 0
+    (run,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")]
+    last = rundir.events(run)[-1]
+    assert last["event"] == "failed", rundir.events(run)
+    assert last["error"].startswith("DiskFull: no space left on device writing "), last
+    assert "step_00000080.pt: needed" in last["error"] and "free on" in last["error"]
+    assert checkpoint.latest(run).name == "step_00000040.pt"  # the previous one stays
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+    filler.unlink()  # room again: the relaunch resumes from step 40
+    again = _launch(root, data, "samples=s18k", "train.checkpoint_every=40")
+    assert again.returncode == 0, again.stderr[-2000:]
+    marker = checkpoint.read_marker(checkpoint.final(run))
+    assert marker["step"] == 144 and marker["resumed_from"] == 40
+    assert rundir.events(run)[-1]["event"] == "done"

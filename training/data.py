@@ -210,7 +210,9 @@ def check_shards(shards: str, weights: Sequence[float] | None = None) -> list[st
     """Expand the brace pattern(s); raise if no local shard exists (the stream would spin
     forever) or the weights do not fit (:func:`shard_urls`).
 
-    Remote URLs (``pipe:``, ``s3://`` ...) are not checked.
+    Remote URLs (``pipe:``, ``s3://`` ...) are not checked. Deliberately more tolerant than
+    the plan's check (``core.validate.check_shard_ends``: first and last shard of each list):
+    a job whose shards went missing after it was queued trains on the rest, skipping them.
     """
     urls, _ = shard_urls(shards, weights)
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
