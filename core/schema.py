@@ -41,6 +41,13 @@ class Task(StrEnum):
     linear_probe = "linear_probe"
 
 
+class ReportTo(StrEnum):
+    """Loggers a run can also write to (``train.report_to``)."""
+
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+
+
 class Stage(StrEnum):
     """What a job does with its point (``stage=``)."""
 
@@ -148,6 +155,10 @@ class TrainConfig:
     """Steps between two evaluations on ``eval`` during training (open_clip's
     ``--zeroshot-frequency``; 0: off). Each writes ``final: false`` records of a complete
     checkpoint of that step (saved for it if it is not a checkpoint step): the learning curve."""
+    report_to: list[ReportTo] = _not_identity([])
+    """Where rank 0 also logs the training scalars and every evaluation record, as
+    open_clip_train's ``--report-to``: ``tensorboard`` (event files in the run folder),
+    ``wandb`` (offline without a network or key). Empty: the run's JSON logs only."""
 
 
 @dataclass
