@@ -84,6 +84,11 @@ def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | 
     if stage == Stage.eval and not rundir.training_finished(path):
         raise RuntimeError(f"{point.run_id}: stage=eval, but its training has not finished "
                            f"(state {state}); relaunch the point to train it first")
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
+    if restarts and _last_event(path) not in (Event.REQUEUED, Event.PREEMPTED):
+        # SLURM requeued the job itself (a node failed under it, say): the log says so
+        rundir.log_event(path, Event.REQUEUED, by="slurm", restart_count=restarts, stage=stage,
+                         **slurm_job())
     rundir.log_event(path, Event.START, previous_state=state, stage=stage, **slurm_job())
     tic = time.time()
     result: dict[str, Any] = {}
@@ -151,8 +156,22 @@ def _log_stop(point: Point, path: Path, stage: Stage, e: BaseException) -> None:
         log.warning("%s: preempted: %s", point.run_id, e)
         return
     line = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-    rundir.log_event(path, Event.FAILED, error=line, stage=stage)
+    extra = {"cause": "lost a peer rank (a node failed?)"} if _peer_lost(e) else {}
+    rundir.log_event(path, Event.FAILED, error=line, stage=stage, **extra, **slurm_job())
     log.error("%s: failed: %s", point.run_id, line)
+
+
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+             "NCCL communicator was aborted", "Socket Timeout")
+"""What gloo and NCCL say on a rank when another rank's node died under a multi-node job."""
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """True for a collective that failed because another rank vanished (SLURM then usually
+    requeues the job itself: status shows what SLURM says, see ``launcher.slurm.live_state``)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    return any(text in str(e) for text in PEER_LOST)
 
 
 def _last_event(path: Path) -> str | None:

@@ -7,7 +7,10 @@ weeks). This one, selected by ``cluster=slurm`` (``hydra/launcher: clipscale_slu
 2. leaves out every point that SLURM still holds a job of (the sweeper already left out the
    done ones), so relaunching never submits a second job for a point;
 3. submits the rest as job arrays, one per node count (``nodes`` follows from the point's
-   global batch, as in the plan; every other sbatch field is hydra-submitit-launcher's).
+   global batch, as in the plan; every other sbatch field is hydra-submitit-launcher's, and
+   ``array_parallelism`` caps how many tasks of an array run at once: ``--array=0-N%P``); a
+   group larger than the cluster's ``MaxArraySize`` (``scontrol show config``, read once) is
+   split into several arrays of at most that many tasks.
    A point with evaluation datasets trains in that array (``stage=train``) and is evaluated by
    a small job of its own (1 node, 1 task, ``eval_timeout_min``) in a second array that
    depends on the first task by task (``--dependency=aftercorr``, ``--kill-on-invalid-dep``):
@@ -96,10 +99,19 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         _export_distributed()
         ret = super().__call__(*args, **kwargs)
-        if isinstance(hydra_internals.job_error(ret), Preempted):
-            # The trainer caught SLURM's USR2/TERM and saved a checkpoint: hand the signal back to
-            # submitit, whose handler calls checkpoint() below, requeues this job and exits.
-            signal.raise_signal(signal.SIGUSR2)
+        error = hydra_internals.job_error(ret)
+        if isinstance(error, Preempted):
+            if error.signum == signal.SIGUSR2:
+                # The time limit or a preemption, signalled through submitit (--signal=USR2): the
+                # trainer saved a checkpoint; hand the signal back to submitit, whose handler
+                # calls checkpoint() below, requeues this job and exits.
+                signal.raise_signal(signal.SIGUSR2)
+            else:
+                # SIGTERM: SLURM itself requeues (scontrol requeue, a preemption) or ends the
+                # job; asking submitit to requeue it again would fail. Stop here, quietly.
+                print(f"clipscale: {error}; SLURM requeues or ends the job", file=sys.stderr,
+                      flush=True)
+                return ret
         _ = ret.return_value  # re-raises a failed point, so that SLURM records the job as FAILED
         return ret
 
@@ -157,6 +169,38 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         except Exception as e:  # submitit's FailedJobError carries sbatch's own message
             lines = [m.strip() for m in str(e).strip().splitlines() if m.strip()]
             return None, " ".join(lines)[-600:]
+
+    def _submit_chunk(self, stage: str, nodes: int, members: list[tuple[int, list[str], Any]],
+                      entries: dict[str, dict[str, Any]], refused: list[str]) -> None:
+        """Submit one array (at most MaxArraySize points; a training array is followed by its
+        evaluation array, task i after task i); record each point's jobs in its run folder and
+        in ``entries``, or sbatch's refusal in ``refused``."""
+        from launcher import rundir
+
+        first = self._eval_executor(None) if stage == "eval" else self._executor(nodes)
+        jobs, error = self._submit(first, members, stage)
+        if jobs is None:
+            refused.append(_refusal(f"{stage} job(s), nodes={nodes}", error, members))
+            return
+        evals: list[Any] = [None] * len(members)
+        if stage == "train":
+            array = jobs[0].job_id.split("_")[0]
+            evals_or_none, error = self._submit(self._eval_executor(array), members, "eval")
+            if evals_or_none is None:
+                refused.append(_refusal(f"evaluation job(s) after training array {array} "
+                                        "(training submitted; a relaunch submits the "
+                                        "evaluation alone once it is trained)", error, members))
+            else:
+                evals = evals_or_none
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for (_, ov, point), job, ev in zip(members, jobs, evals, strict=True):
+            path = point.run_dir  # the job writes config.yaml and meta.json when it starts
+            path.mkdir(parents=True, exist_ok=True)
+            fields = {"job_id": job.job_id, "stage": stage, "nodes": nodes,
+                      "eval_job_id": ev.job_id if ev is not None else None}
+            rundir.log_event(path, Event.SUBMITTED, **fields, manifest=str(self.manifest))
+            entries[point.run_id] = {"overrides": ov, **fields, "submitted": now,
+                                     "run_dir": str(path)}
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
         """Submit the points under the sweep manifest's lock: two concurrent submissions of one
@@ -219,33 +263,14 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
 
         entries: dict[str, dict[str, Any]] = {}
         refused = []
-        for (stage, nodes), members in sorted(groups.items()):
-            for idx, ov, _ in members:
+        # sbatch refuses an array index >= MaxArraySize: larger groups go in several arrays
+        chunk = slurm.max_array_size() if groups else 1
+        for (stage, nodes), group in sorted(groups.items()):
+            for idx, ov, _ in group:
                 log.info("\t#%d : %s", idx, " ".join(filter_overrides(ov)))
-            first = self._eval_executor(None) if stage == "eval" else self._executor(nodes)
-            jobs, error = self._submit(first, members, stage)
-            if jobs is None:
-                refused.append(_refusal(f"{stage} job(s), nodes={nodes}", error, members))
-                continue
-            evals: list[Any] = [None] * len(members)
-            if stage == "train":
-                array = jobs[0].job_id.split("_")[0]
-                evals_or_none, error = self._submit(self._eval_executor(array), members, "eval")
-                if evals_or_none is None:
-                    refused.append(_refusal(f"evaluation job(s) after training array {array} "
-                                            "(training submitted; a relaunch submits the "
-                                            "evaluation alone once it is trained)", error, members))
-                else:
-                    evals = evals_or_none
-            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            for (_, ov, point), job, ev in zip(members, jobs, evals, strict=True):
-                path = point.run_dir  # the job writes config.yaml and meta.json when it starts
-                path.mkdir(parents=True, exist_ok=True)
-                fields = {"job_id": job.job_id, "stage": stage, "nodes": nodes,
-                          "eval_job_id": ev.job_id if ev is not None else None}
-                rundir.log_event(path, Event.SUBMITTED, **fields, manifest=str(self.manifest))
-                entries[point.run_id] = {"overrides": ov, **fields, "submitted": now,
-                                         "run_dir": str(path)}
+            for start in range(0, len(group), chunk):
+                members = group[start:start + chunk]
+                self._submit_chunk(stage, nodes, members, entries, refused)
 
         if entries:
             slurm.update_manifest(self.manifest, entries)

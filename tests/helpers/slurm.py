@@ -1,0 +1,114 @@
+"""The local SLURM cluster (``scripts/slurm_up.sh``) as the SLURM tests use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import slurm
+from tests.helpers.procs import ROOT
+
+SLURM_DIR = Path(os.environ.get("CLIPSCALE_SLURM_DIR", "/tmp/clipscale-slurm"))
+"""Where scripts/slurm_up.sh keeps the cluster's config, pid files and logs."""
+
+
+def cluster_down_reason() -> str | None:
+    """Why no local cluster answers (None when it does)."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%D %t"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"sinfo unavailable ({e})"
+    if out.returncode != 0 or not out.stdout.strip():
+        return f"sinfo failed: {(out.stderr or out.stdout).strip() or 'no partition debug'}"
+    return None
+
+
+def needs_cluster() -> list[pytest.MarkDecorator]:
+    """The marks of a module whose tests need the cluster: ``slurm``, skipped with the reason."""
+    why = cluster_down_reason()
+    return [pytest.mark.slurm, pytest.mark.skipif(
+        why is not None,
+        reason=f"no local SLURM cluster (start it: sudo bash scripts/slurm_up.sh): {why}")]
+
+
+def launch_cmd(root: Path, data_root: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "launch.py", "-m", *overrides, "cluster=slurm", f"root={root}",
+            f"data_root={data_root}"]
+
+
+def launch(root: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """Submit ``overrides`` as a sweep to the cluster (returns once submitted)."""
+    return subprocess.run(launch_cmd(root, data_root, *overrides), cwd=ROOT, capture_output=True,
+                          text=True, timeout=180, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+
+
+def manifest(root: Path, sweep: str = "cli") -> dict:
+    return json.loads((root / "_slurm" / f"{sweep}.json").read_text())["points"]
+
+
+def wait_gone(job_ids: list[str], timeout: float = 240) -> None:
+    """Wait until SLURM no longer holds any of ``job_ids``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not set(job_ids) & set(slurm.queue()):
+            return
+        time.sleep(1)
+    raise AssertionError(f"jobs {job_ids} still queued after {timeout:.0f} s: {slurm.queue()}")
+
+
+def wait_for(what: str, check, timeout: float = 180, every: float = 0.5):
+    """Poll ``check()`` until it returns something true; AssertionError naming ``what``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def status(root: Path, sweep: Path, *overrides: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "launcher.status", "--sweep", str(sweep),
+                          "--root", str(root), *overrides],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def processes_of_job(job_id: str, node: str) -> list[int]:
+    """Pids of the job's task processes that run on ``node`` (from their environment)."""
+    array, _, task = job_id.partition("_")
+    want = {"SLURMD_NODENAME": node}
+    want.update({"SLURM_ARRAY_JOB_ID": array, "SLURM_ARRAY_TASK_ID": task} if task
+                else {"SLURM_JOB_ID": job_id})
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = dict(kv.split("=", 1) for kv in
+                       (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+        except OSError:
+            continue
+        if all(env.get(k) == v for k, v in want.items()):
+            pids.append(int(proc.name))
+    return pids
+
+
+def parent(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1])
+
+
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
