@@ -108,7 +108,7 @@ def check_shard_ends(pattern: str) -> None:
 def missing_keys(cfg: DictConfig) -> set[str]:
     """Mandatory (``???``) keys outside Hydra's own node, as full keys (``data.shards``,
     ``eval.datasets[0].root``). One unresolved conversion to plain containers, then a walk:
-    ten times faster than ``OmegaConf.missing_keys``, which matters over 1000 points."""
+    much faster than ``OmegaConf.missing_keys``, which matters over thousands of points."""
     out: set[str] = set()
 
     def walk(value: object, key: str) -> None:

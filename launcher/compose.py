@@ -12,7 +12,7 @@ against the schema, the same errors (``Could not override 'train.lrr'``).
 
 The result is the config Hydra hands the task function: the composed config without its
 ``hydra`` node (Hydra deletes it too before the task runs; copying it with every point would
-make each copy several times slower, for a node neither the plan nor status reads).
+make each copy much slower, for a node neither the plan nor status reads).
 ``tests/test_compose.py`` checks every point of the named sweeps against Hydra.
 
 Composed through Hydra whole, as part of the memo key: group choices, and every override that is
