@@ -111,7 +111,7 @@ def expand(master: DictConfig, overrides: list[Override]) -> list[list[str]]:
     """The override lists of every point: the command-line grid, combined with a named sweep."""
     cli = hydra_internals.split_sweep_arguments(overrides)
     names = {o.split("=", 1)[1] for p in cli for o in p if o.startswith("sweep=")}
-    if not names and master.get("sweep"):
+    if not names and master.sweep:
         names = {str(master.sweep)}
     if not names:
         return dedupe(cli)
@@ -138,7 +138,7 @@ def plan_sweep(master: DictConfig, overrides: list[Override],
     naming its point and key. A dry run prints the plan and returns no point. Done points are
     always skipped; failed ones are retried unless ``retry_failed=false``.
     """
-    dry = bool(master.get("dry_run"))
+    dry = bool(master.dry_run)
     points: dict[str, Point] = {}
     errors: list[str] = []
     for ov in expand(master, overrides):

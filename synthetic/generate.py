@@ -297,8 +297,8 @@ def ensure_datasets(cfg: Any, eval_only: bool = False) -> None:
     """
     data = cfg.data
     eval_parents = _synthetic_eval_parents(cfg)  # every check before the first write
-    if data.get("synthetic") and not eval_only:
+    if data.synthetic and not eval_only:
         _check_shard_pattern(str(data.shards), math.ceil(data.num_samples / SHARD_SIZE))
         generate_train(Path(str(data.shards)).parent, data.num_samples, data.seed, data.image_size)
     for parent in eval_parents:
-        generate_eval(parent, image_size=data.get("image_size", 32))
+        generate_eval(parent, image_size=data.image_size)
