@@ -7,7 +7,9 @@ Subcommands::
     python -m evaluation checkpoint --path X.pt --arch ViT-B-32 [--eval embedded]
         [--root runs] [--run-id ID] [--step N --global-batch B --gmacs G]
     python -m evaluation export --root runs --out results.csv [--all-steps]
-    python -m evaluation import-paper --root runs
+    python -m evaluation import --format FORMAT PATH --root runs [--family NAME]
+        [--model-profile FILE] [--samples-map FILE] [--datasets NAME ...]
+    python -m evaluation import-paper --root runs    # = import --format scaling-laws-openclip
 
 ``run`` evaluates the newest complete checkpoint of a run (``--all-steps``: every complete
 checkpoint, the learning curve) on the run's own ``eval`` config, or on
@@ -17,7 +19,10 @@ weights-only) into ``<root>/<run id>/eval/`` (default run id: ``ckpt-<file stem>
 path and arch>``); samples seen = step x global batch, compute = that x gmacs.
 ``export`` writes the store's final records with the columns of the paper's
 ``zeroshot_results.csv``; ``import-paper`` writes the paper's results into the store as
-families ``openclip`` and ``openai`` (idempotent). Datasets whose root is missing are listed
+families ``openclip`` and ``openai`` (idempotent). ``import`` reads other published results
+(formats ``scaling-laws-openclip``, ``scaling-laws-for-comparison``, ``clip-benchmark``,
+``openclip-results``; see ``store.imports``) into ordinary records; a malformed file is refused
+with its file, line and column (exit 2). Datasets whose root is missing are listed
 first; the others still run. ``list`` and ``export`` exit 1 if a record file was bad.
 """
 
@@ -35,14 +40,17 @@ from omegaconf import DictConfig, OmegaConf
 
 import core  # noqa: F401  # sets OMP_WAIT_POLICY before torch loads (imported lazily below)
 import store
+from core.errors import UserError
 from core.reference import PAPER_CSV, model_label
 from core.schema import Config, EvalConfig
-from store.export import export_csv, import_paper
+from store.export import export_csv
+from store.imports import FORMATS, Imported, Options, import_results
 from synthetic import ensure_datasets
 
 CONF_EVAL = Path(__file__).resolve().parent.parent / "conf" / "eval"
 _SHOWN = ("run_id", "step", "final", "dataset", "task", "samples_seen", "compute")
-_COMMANDS = ("list", "run", "checkpoint", "export", "import-paper")
+_COMMANDS = ("list", "run", "checkpoint", "export", "import", "import-paper")
+_SHOWN_REASONS = 10
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -150,9 +158,35 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import_paper(args: argparse.Namespace) -> int:
-    written, unchanged = import_paper(args.root, args.csv or PAPER_CSV)
+    written, unchanged, imported = import_results(
+        "scaling-laws-openclip", args.csv or PAPER_CSV, args.root
+    )
     print(f"paper results into {args.root}: {written} records written, {unchanged} unchanged")
+    _print_skipped(imported)
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    options = Options(family=args.family, model_profile=args.model_profile,
+                      samples_map=args.samples_map, datasets=args.datasets)  # fmt: skip
+    written, unchanged, imported = import_results(args.format, args.path, args.root, options)
+    where = args.path or FORMATS[args.format].default_path
+    print(f"{args.format} results from {where} into {args.root}: {len(imported.records)} records "
+          f"({written} written, {unchanged} unchanged)")  # fmt: skip
+    families = sorted({r["family"] for r in imported.records})
+    if families:
+        print(f"families: {', '.join(families)}")
+    _print_skipped(imported)
+    return 0
+
+
+def _print_skipped(imported: Imported) -> None:
+    reasons = imported.skipped.most_common()
+    for reason, n in reasons[:_SHOWN_REASONS]:
+        print(f"skipped {n}: {reason}")
+    if len(reasons) > _SHOWN_REASONS:
+        rest = sum(n for _, n in reasons[_SHOWN_REASONS:])
+        print(f"skipped {rest} more, for {len(reasons) - _SHOWN_REASONS} other reasons")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -186,6 +220,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--all-steps", action="store_true", help="intermediate checkpoints too")
     s.set_defaults(func=_export)
+    s = sub.add_parser("import", help="published results of another format into the store")
+    s.add_argument("--format", required=True, choices=list(FORMATS))
+    s.add_argument("path", nargs="?", help="the file (or clip-benchmark: folder) to import; "
+                   "scaling-laws-openclip defaults to core/reference/zeroshot_results.csv")  # fmt: skip
+    s.add_argument("--root", default="runs", help="store root")
+    s.add_argument("--family", help="put every imported record in this family")
+    s.add_argument("--model-profile", type=Path, metavar="FILE",
+                   help="GFLOPs/GMACs per model (CSV), where the format keeps them apart")  # fmt: skip
+    s.add_argument("--samples-map", type=Path, metavar="FILE",
+                   help="CSV pretrained,samples_seen[,model] for tags that do not say it")  # fmt: skip
+    s.add_argument("--datasets", nargs="+", metavar="NAME", help="import only these datasets")
+    s.set_defaults(func=_import)
     s = sub.add_parser("import-paper", help="the paper's results into the store")
     s.add_argument("--root", default="runs")
     s.add_argument("--csv", help="default: core/reference/zeroshot_results.csv")
@@ -199,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["list", *argv]  # the original form: python -m evaluation [ROOT]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except UserError as e:  # a malformed file or a bad option: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -128,23 +129,30 @@ def paper_record(row: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def write_records(
+    root: str | os.PathLike[str], records: Iterable[dict[str, Any]]
+) -> tuple[int, int]:
+    """Write ``records`` into the store under ``root``; a record already there with the same
+    content is left alone, so importing twice changes nothing. Returns (written, unchanged)."""
+    written = unchanged = 0
+    for record in records:
+        run_dir = Path(root) / record["run_id"]
+        path = store.record_path(run_dir, record["step"], record["dataset"], record["task"])
+        try:
+            if store.read_record(path) == record:
+                unchanged += 1
+                continue
+        except ValueError:
+            pass  # absent or bad: (re)written
+        store.write_record(run_dir, record)
+        written += 1
+    return written, unchanged
+
+
 def import_paper(
     root: str | os.PathLike[str], csv_path: str | os.PathLike[str] = PAPER_CSV
 ) -> tuple[int, int]:
     """Write the paper's results into the store under ``root``; a record already there with
     the same content is left alone. Returns (written, unchanged)."""
-    written = unchanged = 0
     with open(csv_path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            record = paper_record(row)
-            run_dir = Path(root) / record["run_id"]
-            path = store.record_path(run_dir, 0, record["dataset"], record["task"])
-            try:
-                if store.read_record(path) == record:
-                    unchanged += 1
-                    continue
-            except ValueError:
-                pass  # absent or bad: (re)written
-            store.write_record(run_dir, record)
-            written += 1
-    return written, unchanged
+        return write_records(root, (paper_record(row) for row in csv.DictReader(f)))
