@@ -14,12 +14,14 @@ each trainer is reported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -89,14 +91,51 @@ def run_ours(shards: str, arch: str, gmacs: float, a: argparse.Namespace, work: 
     return _steady([r["samples_per_s"] for r in lines], a.batch, a.warmup)
 
 
+@contextlib.contextmanager
+def kept_logging() -> Iterator[None]:
+    """Logging as it was before the block: every logger's level, handlers, ``propagate`` and
+    ``disabled``, and ``logging.disable``'s level; handlers added inside are closed, and a
+    logger that came into being inside (a parent such as ``torch._subclasses`` of a logger
+    made earlier) is set back to NOTSET, a new logger's level.
+
+    open_clip_train's ``main`` calls its ``setup_logging``, which sets every logger that
+    exists to INFO and adds handlers to the root logger: run in-process, that would leak into
+    the rest of the process (torch prints its dynamo and ``FakeTensor cache stats`` INFO lines
+    at exit, after pytest's summary).
+    """
+    manager = logging.root.manager
+
+    def loggers() -> list[logging.Logger]:
+        found = [lg for lg in manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+        return [logging.root, *found]
+
+    saved = [(lg, lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers()]
+    disabled_below = manager.disable
+    try:
+        yield
+    finally:
+        before = {id(lg) for lg, *_ in saved}
+        for lg in loggers():
+            if id(lg) not in before:
+                lg.setLevel(logging.NOTSET)
+        for lg, level, handlers, propagate, disabled in saved:
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()
+            lg.handlers[:] = handlers
+            lg.setLevel(level)  # clears the loggers' cached levels, too
+            lg.propagate, lg.disabled = propagate, disabled
+        logging.disable(disabled_below)
+
+
 def run_open_clip_train(shards: str, arch: str, a: argparse.Namespace, work: Path) -> float:
     from open_clip_train.main import main
 
     register_model_configs()
     capture = _Capture()
-    logging.getLogger().addHandler(capture)
     logs = Path(tempfile.mkdtemp(dir=work, prefix="oct-"))
-    try:
+    with kept_logging():
+        logging.getLogger().addHandler(capture)
         main(
             [
                 "--train-data",
@@ -142,8 +181,6 @@ def run_open_clip_train(shards: str, arch: str, a: argparse.Namespace, work: Pat
                 "",
             ]
         )
-    finally:
-        logging.getLogger().removeHandler(capture)
     return _steady(capture.rates, a.batch, a.warmup)
 
 
