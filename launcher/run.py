@@ -113,12 +113,13 @@ def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | 
 
 def _train(cfg: DictConfig, path: Path) -> dict[str, Any]:
     """Train (or find trained) and log ``trained`` once; with ``train.zeroshot_every`` the
-    trainer calls back into evaluation at those steps (records with ``final: false``)."""
+    trainer calls back into evaluation at those steps (records with ``final: false``) and
+    reports the records to ``train.report_to`` with its own scalars."""
     from evaluation.evaluate import evaluate
     from training.train import train
 
-    def learning_curve(ckpt: Path, step: int) -> None:
-        evaluate(cfg, path, ckpt, step=step, final=False)
+    def learning_curve(ckpt: Path, step: int) -> list[dict[str, Any]]:
+        return evaluate(cfg, path, ckpt, step=step, final=False)
 
     result = train(cfg, path, evaluate_checkpoint=learning_curve)
     if not result.get("skipped") or not rundir.training_finished(path):
@@ -129,9 +130,10 @@ def _train(cfg: DictConfig, path: Path) -> dict[str, Any]:
 
 
 def _evaluate_final(cfg: DictConfig, point: Point, path: Path) -> None:
-    """Evaluate the complete final checkpoint and log ``evaluated``."""
+    """Evaluate the complete final checkpoint, report its records (``train.report_to``: the
+    same TensorBoard folder and W&B run as the training's) and log ``evaluated``."""
     from evaluation.evaluate import evaluate
-    from training import checkpoint
+    from training import checkpoint, report
 
     final = checkpoint.final(path)
     if final is None:
@@ -139,6 +141,8 @@ def _evaluate_final(cfg: DictConfig, point: Point, path: Path) -> None:
                            f"{path / 'checkpoints'} to evaluate")
     step = int(checkpoint.read_marker(final)["step"])
     records = evaluate(cfg, path, str(final), step=step, final=True)
+    with report.for_run(cfg, path) as reporter:
+        reporter.records(records)
     rundir.log_event(path, Event.EVALUATED, records=len(records))
 
 

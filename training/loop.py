@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,15 @@ from open_clip_train.scheduler import cosine_lr
 from core.errors import NonFiniteLoss, Preempted
 from training import checkpoint, data, metrics, step
 from training.distributed import barrier
+from training.report import Reporter
 from training.state import Run
 from training.stop import StopFlag
 
 log = logging.getLogger(__name__)
 
-EvaluateCheckpoint = Callable[[Path, int], None]
-"""``evaluate_checkpoint(checkpoint_path, step)``: the caller's evaluation of a checkpoint."""
+EvaluateCheckpoint = Callable[[Path, int], Sequence[Mapping[str, Any]] | None]
+"""``evaluate_checkpoint(checkpoint_path, step)``: the caller's evaluation of a checkpoint; the
+evaluation records it returns (if any) go to the run's reporter."""
 
 
 def run_loop(
@@ -35,8 +37,10 @@ def run_loop(
     tokenizer: Any,
     stop: StopFlag,
     evaluate_checkpoint: EvaluateCheckpoint | None,
+    reporter: Reporter | None = None,
 ) -> None:
-    """Train from ``run.step`` to the plan's last step, logging and checkpointing on the way."""
+    """Train from ``run.step`` to the plan's last step, logging (to ``reporter`` too) and
+    checkpointing on the way."""
     cfg, t = run.cfg, run.cfg.train
     scheduler = cosine_lr(run.optimizer, t.lr, t.warmup, run.plan.total_steps)
     autocast = get_autocast(cfg.model.precision, device_type=run.device.type)
@@ -61,7 +65,7 @@ def run_loop(
             run.step += 1
             in_a_row = _count_nonfinite(run, loss, in_a_row)
             _observe(run, meter, bar, loss, lr)
-            _after_step(run, meter, lr, in_a_row, stop, evaluate_checkpoint)
+            _after_step(run, meter, lr, in_a_row, stop, evaluate_checkpoint, reporter)
     finally:
         batches.close()  # shuts the loader's worker processes down
         if bar is not None:
@@ -121,6 +125,7 @@ def _after_step(
     in_a_row: int,
     stop: StopFlag,
     evaluate_checkpoint: EvaluateCheckpoint | None,
+    reporter: Reporter | None,
 ) -> None:
     """Log; then, unless it was the last step: stop (checkpoint, raise Preempted) when asked,
     checkpoint every ``train.checkpoint_every`` steps (not after a non-finite loss), evaluate
@@ -128,7 +133,7 @@ def _after_step(
     t = run.cfg.train
     last = run.step == run.plan.total_steps
     if run.dist.main and (last or run.step % max(int(t.log_every), 1) == 0):
-        metrics.write(run, meter.line(run, lr))
+        metrics.write(run, meter.line(run, lr), reporter)
     if last:
         return
     if stop.requested(run.dist, run.device):
@@ -139,14 +144,19 @@ def _after_step(
         saved = run.save(final=False)
     if evaluate_checkpoint is not None and _every(run.step, int(t.zeroshot_every)):
         began = time.perf_counter()
-        _evaluate(run, saved, in_a_row, evaluate_checkpoint)
+        _evaluate(run, saved, in_a_row, evaluate_checkpoint, reporter)
         meter.pause(time.perf_counter() - began)  # not training throughput
 
 
 def _evaluate(
-    run: Run, saved: Path | None, in_a_row: int, evaluate_checkpoint: EvaluateCheckpoint
+    run: Run,
+    saved: Path | None,
+    in_a_row: int,
+    evaluate_checkpoint: EvaluateCheckpoint,
+    reporter: Reporter | None,
 ) -> None:
-    """``evaluate_checkpoint(path, step)`` on this step's checkpoint (the learning curve).
+    """``evaluate_checkpoint(path, step)`` on this step's checkpoint (the learning curve); the
+    records it returns go to ``reporter``.
 
     The step is checkpointed first when it is not a checkpoint step (``keep_checkpoints`` may
     prune it later). Rank 0 evaluates while the others wait. An evaluation may draw from the
@@ -163,7 +173,9 @@ def _evaluate(
     if run.dist.main:
         rng = checkpoint.rng_state()
         try:
-            evaluate_checkpoint(path, run.step)
+            records = evaluate_checkpoint(path, run.step)
+            if records and reporter is not None:
+                reporter.records(records)
         finally:
             checkpoint.set_rng_state(rng)
             run.model.train()

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from core.atomic import append_jsonl
+from training.report import Reporter
 from training.state import Run
 from training.step import unwrap
 
@@ -98,9 +99,12 @@ class Meter:
         return record
 
 
-def write(run: Run, record: dict[str, Any]) -> None:
-    """Append ``record`` to the run's :data:`LOG_FILE` and log it as one line."""
+def write(run: Run, record: dict[str, Any], reporter: Reporter | None = None) -> None:
+    """Append ``record`` to the run's :data:`LOG_FILE`, log it as one line, and hand it to
+    ``reporter`` (TensorBoard, W&B: ``train.report_to``)."""
     append_jsonl(run.run_dir / LOG_FILE, record)
+    if reporter is not None:
+        reporter.scalars(record["samples_seen"], record)
     log.info(
         "%s step %d/%d loss %.4f lr %.2e %.0f samples/s (%.0f/gpu, MFU %.1f%%) eta %.0fs",
         run.run_dir.name,

@@ -4,12 +4,13 @@ The components, one module each: :mod:`training.step` (optimizer, loss, one opti
 :mod:`training.data` (the webdataset stream, cut into seeded segments),
 :mod:`training.distributed` (device, process group, rank checks), :mod:`training.stop`
 (SIGTERM/SIGUSR2), :mod:`training.state` (the run's state, checkpoint contents, resume),
-:mod:`training.metrics` (the training log) and :mod:`training.loop` (the steps and what follows
-each). This module puts them together.
+:mod:`training.metrics` (the training log), :mod:`training.report` (TensorBoard and W&B) and
+:mod:`training.loop` (the steps and what follows each). This module puts them together.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ import torch
 from omegaconf import DictConfig
 
 from core.steps import Steps
-from training import data, distributed, models, state, step
+from training import data, distributed, models, report, state, step
 from training.distributed import Dist, weights_digest  # noqa: F401  # tests/test_slurm.py
 from training.loop import EvaluateCheckpoint, run_loop
+from training.report import Reporter
 from training.state import Run
 from training.stop import StopFlag
 
@@ -35,6 +37,7 @@ def train(
     cfg: DictConfig,
     run_dir: str | Path,
     evaluate_checkpoint: EvaluateCheckpoint | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Train one grid point to ``cfg.samples.seen`` pairs in ``run_dir``; resumable.
 
@@ -47,7 +50,12 @@ def train(
 
     With ``train.zeroshot_every`` = M > 0, rank 0 calls ``evaluate_checkpoint(path, step)``
     every M steps but the last, on a complete checkpoint of that step (the learning curve); the
-    run's weights do not depend on it. Required then: ValueError without it.
+    run's weights do not depend on it. Required then: ValueError without it. The records it
+    returns are reported with the training scalars.
+
+    ``reporter`` (:mod:`training.report`) gets every training log line and those records;
+    default: one built from ``train.report_to`` on rank 0, closed when training stops. A given
+    one is told where the run resumed (:meth:`~training.report.Reporter.start`) and left open.
 
     Returns ``{"checkpoint": path of final.pt, "step", "samples_seen" (= step x global batch),
     "loss": loss of the last finite step, "seconds": training wall-clock summed over attempts,
@@ -68,10 +76,16 @@ def train(
     if done is not None:
         return done
     dist_ = distributed.init_distributed("cuda" if torch.cuda.is_available() else "cpu")
-    with StopFlag() as stop:
+    reporting: contextlib.AbstractContextManager[Reporter] = (
+        contextlib.nullcontext(reporter)
+        if reporter is not None
+        else report.for_run(cfg, run_dir, main=dist_.main)
+    )
+    with StopFlag() as stop, reporting as reporter_:
         run, preprocess, tokenizer = _build(cfg, run_dir, dist_)
+        reporter_.start(run.samples_seen)
         if run.step < run.plan.total_steps:
-            run_loop(run, preprocess, tokenizer, stop, evaluate_checkpoint)
+            run_loop(run, preprocess, tokenizer, stop, evaluate_checkpoint, reporter_)
         out = run.result(run.save(final=True))
         if dist_.world > 1:
             out["ranks"] = distributed.rank_report(step.unwrap(run.model).state_dict())
