@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.schema import IDENTITY_SECTIONS, non_identity_fields
+from core.schema import IDENTITY_SECTIONS, identity_defaults, non_identity_fields
 
 
 def identity(cfg: DictConfig) -> dict[str, dict[str, Any]]:
@@ -24,11 +24,14 @@ def identity(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     for section in IDENTITY_SECTIONS:
         node = cfg[section]
         skip = non_identity_fields(section)
+        defaults = identity_defaults(section)
         values = {}
         for k in node:  # only the identity fields are resolved (data.shards, say, is not)
             if k in skip:
                 continue
             v = node[k]
+            if k in defaults and v == defaults[k]:
+                continue  # a newer field at its default: the ids of older runs stay
             values[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
         # An unset optional field (None) is left out, so adding one to the schema later does
         # not change the id of every existing run.
@@ -45,3 +48,22 @@ def config_hash(cfg: DictConfig) -> str:
 def run_id(cfg: DictConfig) -> str:
     """``<model>-<data>-<samples>-<hash8>``."""
     return f"{cfg.model.name}-{cfg.data.name}-{cfg.samples.name}-{config_hash(cfg)}"
+
+
+TRUNK_LEFT_OUT = ("cooldown_fraction", "cooldown_shape")
+"""What a const_cooldown trunk's identity leaves out of its points': samples seen and the
+cooldown settings (every other value, model, data, recipe, batch and seed, must match)."""
+
+
+def trunk_identity(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The identity shared by the const_cooldown points that fork from one trunk."""
+    out = identity(cfg)
+    del out["samples"]
+    out["train"] = {k: v for k, v in out["train"].items() if k not in TRUNK_LEFT_OUT}
+    return out
+
+
+def trunk_id(cfg: DictConfig) -> str:
+    """``<model>-<data>-trunk-<hash8>``: the run folder of the point's trunk."""
+    blob = json.dumps(trunk_identity(cfg), sort_keys=True, separators=(",", ":"))
+    return f"{cfg.model.name}-{cfg.data.name}-trunk-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"

@@ -48,6 +48,20 @@ class ReportTo(StrEnum):
     wandb = "wandb"
 
 
+class Schedule(StrEnum):
+    """Learning-rate schedule after the linear warm-up (``train.schedule``)."""
+
+    cosine = "cosine"
+    """open_clip_train's cosine decay to 0 at the last step (the paper's recipe)."""
+    const_cooldown = "const_cooldown"
+    """Constant ``lr``, then a cooldown to 0 over the last ``cooldown_fraction`` of the steps;
+    points that differ only in samples seen share one constant-LR trunk (README, Cheaper grids)."""
+
+
+CooldownShape = StrEnum("CooldownShape", {"linear": "linear", "1-sqrt": "1-sqrt"})
+"""Shape of a cooldown from ``lr`` to 0: ``linear`` or ``1-sqrt`` (Hägele et al. 2024)."""
+
+
 class Stage(StrEnum):
     """What a job does with its point (``stage=``)."""
 
@@ -57,6 +71,12 @@ class Stage(StrEnum):
     """Train only (the SLURM launcher evaluates in a dependent job of its own)."""
     eval = "eval"
     """Evaluate the finished training."""
+
+
+def _identity_unless_default(default: Any) -> Any:
+    """A field left out of the run id while it holds its default: adding one to the schema
+    keeps the id of every existing run."""
+    return field(default=default, metadata={"identity": "unless_default"})
 
 
 def _not_identity(default: Any = MISSING, **kw: Any) -> Any:
@@ -159,6 +179,23 @@ class TrainConfig:
     """Where rank 0 also logs the training scalars and every evaluation record, as
     open_clip_train's ``--report-to``: ``tensorboard`` (event files in the run folder),
     ``wandb`` (offline without a network or key). Empty: the run's JSON logs only."""
+    schedule: Schedule = _identity_unless_default(Schedule.cosine)
+    """LR after the warm-up: ``cosine`` decay, or ``const_cooldown`` (constant, then a cooldown
+    over the last ``cooldown_fraction`` of the steps, forked from a shared trunk)."""
+    cooldown_fraction: float = _identity_unless_default(0.2)
+    """Fraction f of a const_cooldown run's steps spent cooling down: constant LR up to step
+    round((1 - f) x steps), the fork point from the trunk."""
+    cooldown_shape: CooldownShape = _identity_unless_default(CooldownShape.linear)  # type: ignore[valid-type]
+    """``linear`` (lr x (1 - p)) or ``1-sqrt`` (lr x (1 - sqrt(p))), p the cooldown's progress."""
+    fork_every: int = _not_identity(0)
+    """Samples between a trunk's extra kept checkpoints, beside one at every fork point it
+    knows of, so that a samples-seen value added later forks from a near checkpoint (the
+    constant-LR steps up to its exact fork are trained by the branch). 0: a tenth of the
+    trunk's current length (at most ten extra checkpoints, each later fork catches up at
+    most 10% of the longest run)."""
+    trunk_until: int = _not_identity(0)
+    """Set by the plan, not by hand: > 0 makes this job a trunk segment, which trains the
+    point's trunk (not the point) up to this step."""
 
 
 @dataclass
@@ -284,7 +321,14 @@ _SCHEMAS = {
 @functools.cache
 def non_identity_fields(section: str) -> frozenset[str]:
     """Names of the fields of ``section`` that are excluded from the run id."""
-    return frozenset(f.name for f in fields(_SCHEMAS[section]) if not f.metadata.get("identity", True))
+    return frozenset(f.name for f in fields(_SCHEMAS[section]) if f.metadata.get("identity", True) is False)
+
+
+@functools.cache
+def identity_defaults(section: str) -> dict[str, Any]:
+    """Fields of ``section`` left out of the run id while they hold their default, with it."""
+    return {f.name: f.default for f in fields(_SCHEMAS[section])
+            if f.metadata.get("identity") == "unless_default"}
 
 
 def register() -> None:
