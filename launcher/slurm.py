@@ -88,6 +88,29 @@ def accounting(job_ids: Iterable[str]) -> dict[str, str]:
     return jobs
 
 
+DEFAULT_MAX_ARRAY_SIZE = 1001
+"""SLURM's default ``MaxArraySize``: array indices 0..1000."""
+
+
+def max_array_size() -> int:
+    """The most tasks one job array may have: the cluster's ``MaxArraySize`` (array indices run
+    from 0 to MaxArraySize - 1), from one ``scontrol show config`` call; 1001, SLURM's default,
+    when scontrol does not say or cannot be asked. At least 1 (MaxArraySize=0 disables arrays:
+    each point then goes alone, as a plain job)."""
+    try:
+        out = _run(["scontrol", "show", "config"])
+    except SlurmError:
+        return DEFAULT_MAX_ARRAY_SIZE
+    for line in out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "MaxArraySize":
+            try:
+                return max(1, int(value.strip()))
+            except ValueError:
+                break
+    return DEFAULT_MAX_ARRAY_SIZE
+
+
 def point_jobs(path: Path, evs: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """The jobs of the point's latest submission: ``{"train": id, "eval": id}`` (either may be
     absent), as its status log records them (``submitted``, then each job's own events);

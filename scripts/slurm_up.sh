@@ -15,6 +15,9 @@ set -euo pipefail
 DIR=${CLIPSCALE_SLURM_DIR:-/tmp/clipscale-slurm}
 NODES=${SLURM_NODES:-2}
 CPUS=${SLURM_NODE_CPUS:-2}          # per node, declared (config_overrides: may exceed the real ones)
+# small on purpose (SLURM's default is 1001): a sweep of more points than this is split into
+# several job arrays, and tests/test_slurm.py checks it does so with 5 points
+MAX_ARRAY_SIZE=${SLURM_MAX_ARRAY_SIZE:-4}
 CLUSTER=clipscale
 
 [ "$(id -u)" = 0 ] || { echo "slurm_up.sh: run as root (sudo)" >&2; exit 1; }
@@ -73,6 +76,8 @@ SelectTypeParameters=CR_CPU
 # as production clusters do: sbatch refuses a job that no partition could ever run (too many
 # nodes, too long), instead of queueing it forever (reason PartitionNodeLimit)
 EnforcePartLimits=ALL
+# job arrays of at most this many tasks (indices 0..MaxArraySize-1); sbatch refuses larger ones
+MaxArraySize=$MAX_ARRAY_SIZE
 # short timers: a test must not wait on SLURM
 KillWait=2
 MinJobAge=60
@@ -153,13 +158,26 @@ wait_for 30 slurmdbd sacctmgr -n list cluster
 sacctmgr -n list cluster format=cluster | grep -qw $CLUSTER || sacctmgr -i add cluster $CLUSTER >/dev/null
 
 # --- slurmctld and the nodes ---------------------------------------------------------------
+max_array_size() { scontrol show config 2>/dev/null | sed -n 's/^MaxArraySize *= *//p'; }
 if ! alive "$DIR/run/slurmctld.pid"; then
   slurmctld
   log "slurmctld started"
 else
   scontrol reconfigure >/dev/null 2>&1 || true
+  # slurm 22.05 applies MaxArraySize on reconfigure; should a controller keep its old value
+  # (some settings take a restart), restart it: queued and running jobs survive (their state
+  # is saved under $DIR/state/ctld, and slurmd keeps running them)
+  wait_for 30 slurmctld scontrol ping
+  if [ "$(max_array_size)" != "$MAX_ARRAY_SIZE" ]; then
+    pid=$(cat "$DIR/run/slurmctld.pid")
+    kill "$pid"
+    wait_for 30 "slurmctld to stop" bash -c "! kill -0 $pid"
+    slurmctld
+    log "slurmctld restarted (MaxArraySize $MAX_ARRAY_SIZE)"
+  fi
 fi
 wait_for 30 slurmctld scontrol ping
+[ "$(max_array_size)" = "$MAX_ARRAY_SIZE" ] || { echo "slurm_up: slurmctld runs with MaxArraySize=$(max_array_size), not $MAX_ARRAY_SIZE" >&2; exit 1; }
 for i in $(seq 1 "$NODES"); do
   if ! alive "$DIR/run/slurmd-n$i.pid"; then
     slurmd -N "n$i"

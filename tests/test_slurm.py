@@ -377,3 +377,155 @@ def test_scontrol_requeue_preempts_checkpoints_and_resumes(tmp_path: Path, data_
     assert rundir.state(run) == "done", rundir.events(run)[-3:]
     final = torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
     assert final["step"] == 144 and final["resumed_from"] == preempted["step"]
+
+
+HELD = "+hydra.launcher.additional_parameters.begin=now+3600"
+"""Submitted jobs wait an hour for their begin time: a test looks at the queue, then cancels."""
+
+COUNTING_LAUNCH = """
+import json, runpy, sys
+from launcher import slurm
+log, sys.argv = sys.argv[1], ["launch.py", *sys.argv[2:]]
+calls, real = [], slurm._run
+def counting(cmd, timeout=30):
+    calls.append(cmd)
+    return real(cmd, timeout)
+slurm._run = counting
+try:
+    runpy.run_path("launch.py", run_name="__main__")
+finally:
+    open(log, "w").write(json.dumps(calls))
+"""
+"""``launch.py`` with ``launcher.slurm._run`` wrapped: every SLURM command it runs (the real
+binaries) is recorded, as JSON, in the file named by the first argument."""
+
+
+def counting_launch(log: Path, root: Path, data_root: Path,
+                    *overrides: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    out = subprocess.run([sys.executable, "-c", COUNTING_LAUNCH, str(log), "-m", *overrides,
+                          "cluster=slurm", f"root={root}", f"data_root={data_root}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    return out, json.loads(log.read_text())
+
+
+def cancel(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launcher.slurm", "cancel", "--root", str(root)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def counting_status(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], root: Path,
+                    data_root: Path, sweep: Path) -> tuple[str, list[list[str]]]:
+    """``python -m launcher.status`` in this process, with ``launcher.slurm._run`` wrapped: the
+    real squeue/sacct run, and every command is recorded."""
+    from launcher import status as status_cmd
+
+    calls: list[list[str]] = []
+    real = slurm._run
+
+    def counting(cmd: list[str], timeout: float = 30) -> str:
+        calls.append(cmd)
+        return real(cmd, timeout)
+
+    monkeypatch.setattr(slurm, "_run", counting)
+    capsys.readouterr()
+    assert status_cmd.main(["--sweep", str(sweep), "--root", str(root), f"data_root={data_root}"]) == 0
+    return capsys.readouterr().out, calls
+
+
+def test_a_sweep_larger_than_max_array_size_goes_in_several_arrays(tmp_path: Path, data_root: Path) -> None:
+    """The test cluster's MaxArraySize is 4 (scripts/slurm_up.sh): five points make two arrays,
+    of 4 and 1 tasks; each point has its own job in the manifest and its run folder. The
+    submission asks squeue once and scontrol once (MaxArraySize), never sacct; a relaunch while
+    they are queued asks squeue once and submits nothing."""
+    assert slurm.max_array_size() == 4, "the test cluster runs with another MaxArraySize: sudo bash scripts/slurm_up.sh"
+    root = tmp_path / "runs"
+    five = ["model=tiny_s", "data=syn4k", "samples=s6k", "samples.seen=256,384,512,640,768", "eval=none"]
+    jobs: list[str] = []
+    out, calls = counting_launch(tmp_path / "calls.json", root, data_root, *five, HELD)
+    try:
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "submitted 5 point(s) in 2 array job(s)" in out.stdout, out.stdout
+        assert [c[0] for c in calls] == ["squeue", "scontrol"], calls
+        points = manifest(root)
+        assert len(points) == 5
+        jobs = [p["job_id"] for p in points.values()]
+        assert len(set(jobs)) == 5
+        for run_id, entry in points.items():
+            assert [e["job_id"] for e in rundir.events(root / run_id) if e["event"] == "submitted"] == [entry["job_id"]]
+        # SLURM's own view: the array job id of each task (squeue's %F), two arrays of 4 and 1
+        shown = subprocess.run(["squeue", "-h", "-r", "-o", "%i %F", "-j",
+                                ",".join(sorted({j.split("_")[0] for j in jobs}))],
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        array_of = dict(line.split() for line in shown.splitlines())
+        assert set(jobs) <= set(array_of), (jobs, shown)
+        sizes = sorted(list(array_of.values()).count(a) for a in set(array_of.values()))
+        assert sizes == [1, 4], shown
+
+        again, calls = counting_launch(tmp_path / "calls2.json", root, data_root, *five, HELD)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "submitted 0 point(s)" in again.stdout and "5 already queued" in again.stdout, again.stdout
+        assert [c[0] for c in calls] == ["squeue"], calls
+        assert manifest(root) == points
+    finally:
+        cancelled = cancel(root)
+    assert cancelled.returncode == 0 and "cancelled 5 point(s)" in cancelled.stdout, cancelled.stderr
+    wait_gone(jobs, timeout=60)
+
+
+def test_array_parallelism_reaches_sbatch(tmp_path: Path, data_root: Path) -> None:
+    """``hydra.launcher.array_parallelism=1``: the array runs one task at a time (squeue shows
+    the array's spec with ``%1``)."""
+    root = tmp_path / "runs"
+    jobs: list[str] = []
+    out = launch(root, data_root, *POINTS, HELD, "hydra.launcher.array_parallelism=1")
+    try:
+        assert out.returncode == 0, out.stderr[-3000:]
+        jobs = [p["job_id"] for p in manifest(root).values()]
+        array, = {j.split("_")[0] for j in jobs}
+        shown = subprocess.run(["squeue", "-h", "-o", "%i", "-j", array], capture_output=True,
+                               text=True, timeout=30, check=True).stdout.split()
+        assert shown == [f"{array}_[0-1%1]"], shown
+    finally:
+        cancelled = cancel(root)
+    assert cancelled.returncode == 0, cancelled.stderr
+    wait_gone(jobs, timeout=60)
+
+
+def test_status_asks_squeue_once_and_sacct_once_for_the_jobs_squeue_no_longer_shows(
+        tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Status of a submitted sweep (five points: an array of 4 tasks and a job of 1), with the
+    real squeue and sacct: one squeue call; one sacct call, only once a job has left the queue,
+    and for that job alone. (A job, not an array task: SLURM's accounting does not record a
+    pending array task cancelled on its own.)"""
+    root = tmp_path / "runs"
+    points: dict[str, dict] = {}
+    out = launch(root, data_root, "model=tiny_s", "data=syn4k", "samples=s6k",
+                 "samples.seen=256,384,512,640,768", "eval=none", HELD)
+    try:
+        assert out.returncode == 0, out.stderr[-3000:]
+        points = manifest(root)
+        sweep = tmp_path / "five.yaml"
+        sweep.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s6k, "
+                         "samples.seen: [256, 384, 512, 640, 768], eval: none}\n")
+        table, calls = counting_status(monkeypatch, capsys, root, data_root, sweep)
+        assert "5 points: 5 pending" in table, table
+        assert [c[0] for c in calls] == ["squeue"], calls  # every job is still queued: no sacct
+
+        # the job of one task cancelled behind the launcher's back: only SLURM's accounting knows
+        (gone_run, gone), = ((r, p) for r, p in points.items() if "_" not in p["job_id"])
+        subprocess.run(["scancel", gone["job_id"]], check=True, timeout=30)
+        wait_gone([gone["job_id"]], timeout=60)
+        deadline = time.time() + 60
+        while _sacct([gone["job_id"]], "State").get(gone["job_id"], {}).get("State", "").split()[:1] != ["CANCELLED"]:
+            assert time.time() < deadline, _sacct([gone["job_id"]], "State")
+            time.sleep(0.5)
+        table, calls = counting_status(monkeypatch, capsys, root, data_root, sweep)
+        assert f"{gone_run}  cancelled" in table and "5 points: 4 pending, 1 cancelled" in table, table
+        assert [c[0] for c in calls] == ["squeue", "sacct"], calls
+        assert calls[1][calls[1].index("-j") + 1] == gone["job_id"], calls[1]
+    finally:
+        cancelled = cancel(root)
+    assert cancelled.returncode == 0, cancelled.stderr
+    wait_gone([p["job_id"] for p in points.values()], timeout=60)

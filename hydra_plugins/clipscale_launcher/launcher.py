@@ -262,7 +262,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
             groups[key].append((initial_job_idx + i, ov, point))
 
         entries: dict[str, dict[str, Any]] = {}
-        refused = []
+        refused: list[str] = []
         # sbatch refuses an array index >= MaxArraySize: larger groups go in several arrays
         chunk = slurm.max_array_size() if groups else 1
         for (stage, nodes), group in sorted(groups.items()):
