@@ -91,15 +91,22 @@ def log_event(path: Path, event: str, **fields: Any) -> None:
 
 def events(path: Path) -> list[dict[str, Any]]:
     """The status log's events; a torn last line (a writer killed mid-write) is ignored."""
-    try:
-        lines = (Path(path) / "status.jsonl").read_text().splitlines()
+    try:  # os-level calls: status over a sweep of 10k points reads 10k of these
+        fd = os.open(os.path.join(path, "status.jsonl"), os.O_RDONLY)
     except FileNotFoundError:
         return []
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    lines = b"".join(chunks).splitlines()
     out = []
     for line in lines:
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:
+        except ValueError:  # torn (JSONDecodeError), or not UTF-8
             continue
     return out
 
@@ -115,9 +122,10 @@ def training_finished(path: Path, evs: list[dict[str, Any]] | None = None) -> bo
     return states.training_finished(events(path) if evs is None else evs)
 
 
-def last_error(path: Path) -> str | None:
-    """The error line of the newest ``failed`` event, if any."""
-    for ev in reversed(events(path)):
+def last_error(path: Path, evs: list[dict[str, Any]] | None = None) -> str | None:
+    """The error line of the newest ``failed`` event, if any (``evs``: the status log's
+    events, when already read)."""
+    for ev in reversed(events(path) if evs is None else evs):
         if ev.get("event") == Event.FAILED:
             return str(ev.get("error", ""))
     return None

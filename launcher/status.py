@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.errors import SweepError
 from core.states import TERMINAL, LiveState, RunState
@@ -26,6 +29,9 @@ from launcher.sweep import load_sweep, sweep_file
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
+PLAN_CODE = [REPO / "core" / "identity.py", REPO / "core" / "schema.py", REPO / "core" / "steps.py",
+             REPO / "launcher" / "plan.py"]
+"""The code a point's run id and size follow from (with the config files: the plan cache key)."""
 
 
 @dataclass
@@ -41,8 +47,7 @@ def _plan_key(name: str, overrides: list[str]) -> str:
     """Hash of everything a point's run id and size follow from: the sweep file, the overrides,
     every config file and the identity code. A change to any of them recomposes the sweep."""
     h = hashlib.sha256(json.dumps([name, overrides]).encode())
-    files = [sweep_file(name), REPO / "launcher" / "identity.py", REPO / "launcher" / "schema.py",
-             *sorted(CONF.rglob("*.yaml"))]
+    files = [sweep_file(name), *PLAN_CODE, *sorted(CONF.rglob("*.yaml"))]
     for f in files:
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -88,30 +93,47 @@ def _compose_points(name: str, overrides: list[str]) -> list[tuple[str, int]]:
 def _progress(path: Path) -> int:
     """Samples seen so far, from the last line of the training log (0 if none)."""
     try:
-        with open(path / "train_log.jsonl", "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            last = f.read().splitlines()[-1]
-        return int(json.loads(last).get("samples_seen", 0))
+        fd = os.open(os.path.join(path, "train_log.jsonl"), os.O_RDONLY)
+        try:
+            tail = os.pread(fd, 4096, max(0, os.lseek(fd, 0, os.SEEK_END) - 4096))
+        finally:
+            os.close(fd)
+        return int(json.loads(tail.splitlines()[-1]).get("samples_seen", 0))
     except (OSError, IndexError, ValueError):
         return 0
 
 
-def _checkpoint_age(path: Path) -> str:
-    ckpts = list((path / "checkpoints").glob("*.pt"))
-    if not ckpts:
+def _checkpoint_age(path: Path, now: float | None = None) -> str:
+    """Age of the newest ``checkpoints/*.pt`` ("-" without one): one directory listing."""
+    newest = None
+    try:
+        with os.scandir(os.path.join(path, "checkpoints")) as it:
+            for entry in it:
+                if entry.name.endswith(".pt"):
+                    try:
+                        mtime = entry.stat().st_mtime
+                    except OSError:  # vanished (a checkpoint being rotated) or a dangling link
+                        continue
+                    newest = mtime if newest is None else max(newest, mtime)
+    except OSError:  # no run folder, or no checkpoints in it
         return "-"
-    age = time.time() - max(c.stat().st_mtime for c in ckpts)
+    if newest is None:
+        return "-"
+    age = (time.time() if now is None else now) - newest
     return f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m" if age >= 60 else f"{age:.0f}s"
 
 
-def live_states(points: list[Entry]) -> list[tuple[LiveState, str | None, str]]:
+def live_states(points: list[Entry], logs: list[list[dict[str, Any]]] | None = None,
+                run_states: list[RunState] | None = None) -> list[tuple[LiveState, str | None, str]]:
     """(state, job, why) per point: the run folder's state refined by squeue/sacct; the job is
     the one that owns the point now (``123_4``, or ``123_4 eval`` for its evaluation job); why:
-    squeue's reason for a job that waits (``Dependency``, ``BeginTime``, ``ReqNodeNotAvail``...)."""
-    logs = [rundir.events(p.run_dir) for p in points]  # each status log read once
+    squeue's reason for a job that waits (``Dependency``, ``BeginTime``, ``ReqNodeNotAvail``...).
+    ``logs``/``run_states``: the points' status log events and run states, when already read."""
+    if logs is None:
+        logs = [rundir.events(p.run_dir) for p in points]  # each status log read once
     infos = [slurm.job_info(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
-    run_states = [rundir.state(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
+    if run_states is None:
+        run_states = [rundir.state(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
     detail: dict[str, tuple[str, str]] = {}
     sacct: dict[str, str] = {}
     # SLURM may still hold (requeue, run again) a job whose attempt logged failed: squeue is
@@ -136,17 +158,23 @@ def live_states(points: list[Entry]) -> list[tuple[LiveState, str | None, str]]:
 
 
 def status_table(points: list[Entry]) -> str:
+    """The table: every status log read once; a training log's tail only for a point whose
+    training is not finished, one listing of its checkpoints folder."""
     cols = ("run id", "state", "samples seen", "ckpt age", "job", "last error / reason")
+    logs = [rundir.events(p.run_dir) for p in points]
+    run_states = [rundir.state(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
+    states = live_states(points, logs, run_states)
+    now = time.time()
     body = []
-    states = live_states(points)
-    for p, (st, jid, why) in zip(points, states, strict=True):
+    for p, evs, run_st, (st, jid, why) in zip(points, logs, run_states, states, strict=True):
         seen = p.samples_seen if st in (LiveState.DONE, LiveState.TRAINED) else _progress(p.run_dir)
-        note = rundir.last_error(p.run_dir) if st == LiveState.FAILED else why
-        if st == LiveState.REQUEUED and rundir.state(p.run_dir) == RunState.FAILED:
-            note = "; ".join(filter(None, [why, f"last attempt: {rundir.last_error(p.run_dir)}"]))
+        note = rundir.last_error(p.run_dir, evs) if st == LiveState.FAILED else why
+        if st == LiveState.REQUEUED and run_st == RunState.FAILED:
+            note = "; ".join(filter(None, [why, f"last attempt: {rundir.last_error(p.run_dir, evs)}"]))
         body.append((p.run_id, st, f"{fmt_count(seen)} / {fmt_count(p.samples_seen)}",
-                     _checkpoint_age(p.run_dir), jid or "-", (note or "")[:80]))
-    counts = {s: sum(st == s for st, _, _ in states) for s in LiveState}
+                     _checkpoint_age(p.run_dir, now), jid or "-", (note or "")[:80]))
+    tally = Counter(st for st, _, _ in states)
+    counts = {s: tally[s] for s in LiveState}
     total = f"{len(points)} points: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     return "\n".join([*render(cols, body), total])
 

@@ -89,3 +89,74 @@ def test_a_misspelt_stage_is_refused_before_anything_runs(make_cfg) -> None:
         make_cfg("stage=trian")
     assert composition_error(e.value) == ("Error merging override stage=trian: Invalid value "
                                           "'trian', expected one of [all, train, eval]")
+
+
+@pytest.mark.parametrize(("answer", "size"), [
+    ("MaxArraySize            = 4\nMaxBatchRequeue         = 5\n", 4),
+    ("MaxArraySize = 200001\n", 200001),
+    ("MaxArraySize            = 0\n", 1),  # arrays disabled: one point per job
+    ("MaxBatchRequeue         = 5\n", 1001),  # not said: SLURM's default
+    ("MaxArraySize            = (null)\n", 1001),
+    (slurm.SlurmError("scontrol show config: Unable to contact slurm controller"), 1001),
+])
+def test_max_array_size_from_scontrol(monkeypatch: pytest.MonkeyPatch, answer, size) -> None:
+    calls = []
+
+    def run(cmd: list[str], timeout: float = 30) -> str:
+        calls.append(cmd)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(slurm, "_run", run)
+    assert slurm.max_array_size() == size
+    assert calls == [["scontrol", "show", "config"]]
+
+
+def test_status_table_reads_each_status_log_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table of a few points, without SLURM: progress from the training log's last line,
+    the newest checkpoint's age, the error of a failed point; each status log read once, the
+    training log only of points whose training is not finished."""
+    import os
+    import time
+
+    from launcher import status
+
+    def point(name: str, seen: int, *events: tuple[str, dict], log_lines: int = 0,
+              ckpt_age_s: float | None = None) -> status.Entry:
+        path = tmp_path / name
+        log(path, *events)
+        if log_lines:
+            path.mkdir(exist_ok=True)
+            (path / "train_log.jsonl").write_text("".join(
+                json.dumps({"step": s, "samples_seen": 128 * s}) + "\n" for s in range(1, log_lines + 1)))
+        if ckpt_age_s is not None:
+            (path / "checkpoints").mkdir(parents=True)
+            for name_, age in (("step_00000004.pt", ckpt_age_s + 600), ("step_00000008.pt", ckpt_age_s)):
+                (path / "checkpoints" / name_).write_bytes(b"x")
+                t = time.time() - age
+                os.utime(path / "checkpoints" / name_, (t, t))
+            (path / "checkpoints" / "step_00000008.pt.done").write_bytes(b"")
+        return status.Entry(name, path, seen)
+
+    points = [
+        point("a-done", 1024, ("start", {}), ("trained", {}), ("done", {}), log_lines=3, ckpt_age_s=7200),
+        point("b-failed", 2048, ("start", {}), ("failed", {"error": "NonFiniteLoss: loss is nan"}),
+              log_lines=5, ckpt_age_s=120),
+        point("c-partial", 4096, ("start", {}), log_lines=7, ckpt_age_s=30),
+        point("d-new", 8192),
+    ]
+    reads: list[Path] = []
+    events, progress = rundir.events, status._progress
+    monkeypatch.setattr(rundir, "events", lambda p: reads.append(p) or events(p))
+    monkeypatch.setattr(status, "_progress", lambda p: reads.append(p / "train_log") or progress(p))
+    table = status.status_table(points).splitlines()
+    assert sorted(map(str, reads)) == sorted(
+        [str(p.run_dir) for p in points] + [str(p.run_dir / "train_log") for p in points[1:]])
+    cells = [line.split(None, 6) for line in table[2:-1]]  # run id, state, seen / total, age, rest
+    rows = {c[0]: [*c[1:6], *c[6].split(None, 1)] for c in cells}
+    assert rows["a-done"] == ["done", "1.02k", "/", "1.02k", "2.0h", "-"]
+    assert rows["b-failed"] == ["failed", "640", "/", "2.05k", "2m", "-", "NonFiniteLoss: loss is nan"]
+    assert rows["c-partial"] == ["partial", "896", "/", "4.1k", "30s", "-"]
+    assert rows["d-new"] == ["new", "0", "/", "8.19k", "-", "-"]
+    assert table[-1] == "4 points: 1 new, 1 partial, 1 done, 1 failed"
