@@ -5,7 +5,8 @@ Layout (under ``<run_dir>/checkpoints/``):
 - ``step_%08d.pt``: an intermediate checkpoint after that many optimizer steps.
 - ``final.pt``: the checkpoint of the finished run (written once, never pruned).
 - ``<checkpoint>.done``: its completion marker, a small JSON record (``step``, ``samples_seen``,
-  ``final``, ``loss``, ``seconds``, ``skipped_samples``, ``skipped_shards``, ``file``). A
+  ``final``, ``loss``, ``seconds``, ``skipped_samples``, ``skipped_shards``, ``file``, and
+  ``pinned``: true for a trunk's fork checkpoints, which pruning never deletes). A
   checkpoint counts only once its marker exists: the ``.pt`` file is written to a temporary
   name, fsynced and renamed, and only then is the marker written (atomically too). A crash at
   any point leaves either a complete checkpoint or files that :func:`latest` ignores
@@ -14,7 +15,7 @@ Layout (under ``<run_dir>/checkpoints/``):
 A checkpoint file is open_clip_train's format (``epoch``, ``name``, ``state_dict``,
 ``optimizer``, so ``open_clip.create_model_and_transforms(arch, pretrained=path)`` loads it)
 plus ours: ``step``, ``samples_seen``, ``total_steps``, ``global_batch``, ``arch``, ``final``,
-``loss`` (of the last finite step), ``nonfinite_skipped`` (steps skipped for a non-finite
+``loss`` (of the last finite step), ``pinned`` (a trunk's fork point), ``nonfinite_skipped`` (steps skipped for a non-finite
 loss), ``seconds`` (training wall-clock over all attempts), ``resumed_from`` (step of the last
 resume or None), ``skipped_samples`` and ``skipped_shards`` (unreadable data the loader
 skipped), ``schedule`` (plain numbers), ``data`` (``segment_steps``, ``world`` and
@@ -83,15 +84,18 @@ def final(run_dir: str | Path) -> Path | None:
     return path if is_complete(path) else None
 
 
-def latest(run_dir: str | Path) -> Path | None:
-    """Newest complete checkpoint: ``final.pt`` when the run finished, else the newest step one.
+def latest(run_dir: str | Path, at_most: int | None = None) -> Path | None:
+    """Newest complete checkpoint: ``final.pt`` when the run finished, else the newest step one;
+    with ``at_most``, the newest complete step checkpoint of a step <= ``at_most`` (a branch's
+    fork from its trunk).
 
     Torn files (temporary names, a ``.pt`` without its marker) are ignored.
     """
-    done = final(run_dir)
+    done = final(run_dir) if at_most is None else None
     if done is not None:
         return done
-    complete = [p for _, p in _step_checkpoints(run_dir) if is_complete(p)]
+    complete = [p for s, p in _step_checkpoints(run_dir)
+                if is_complete(p) and (at_most is None or s <= at_most)]
     return complete[-1] if complete else None
 
 
@@ -103,7 +107,7 @@ def load(path: str | Path) -> dict[str, Any]:
 def _marker_record(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     keys: tuple[str, ...] = ("step", "samples_seen", "final", "loss", "seconds", "resumed_from")
     keys += ("skipped_samples", "skipped_shards")
-    return {"file": path.name, **{k: state.get(k) for k in keys}}
+    return {"file": path.name, **{k: state.get(k) for k in keys}, "pinned": bool(state.get("pinned"))}
 
 
 def save(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
@@ -111,7 +115,9 @@ def save(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Pa
 
     ``state["final"]`` true writes ``final.pt`` (never pruned), else ``step_%08d.pt``. The file
     is written atomically, then its marker; then all but the newest ``keep`` complete step
-    checkpoints are deleted (``keep`` < 1 counts as 1: the one just written always stays).
+    checkpoints are deleted (``keep`` < 1 counts as 1: the one just written always stays),
+    except pinned ones (``state["pinned"]`` true: a trunk's fork points, which its branches
+    start from).
     Once ``final.pt`` is complete the step checkpoints are of no more use for resuming and are
     all deleted, so a finished sweep holds one checkpoint per run.
     """
@@ -134,11 +140,13 @@ def _unlink(path: Path) -> None:
 
 
 def prune(run_dir: str | Path, keep: int) -> None:
-    """Keep the newest ``max(keep, 1)`` complete step checkpoints; delete torn leftovers."""
+    """Keep the newest ``max(keep, 1)`` complete step checkpoints and every pinned one; delete
+    torn leftovers."""
     steps = _step_checkpoints(run_dir)
     complete = [p for _, p in steps if is_complete(p)]
     for path in complete[: -max(keep, 1)]:
-        _unlink(path)
+        if not read_marker(path).get("pinned"):
+            _unlink(path)
     for _, path in steps:
         if not is_complete(path):
             _unlink(path)

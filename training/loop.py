@@ -1,8 +1,11 @@
 """The training loop: steps from ``run.step`` to the last, and what follows each step (a log
 line, a stop on SIGTERM/SIGUSR2, a periodic checkpoint, a learning-curve evaluation).
 
-The learning rate is open_clip_train's ``cosine_lr``: linear warm-up over ``train.warmup``
-steps, then cosine decay, stepped per optimizer step.
+The learning rate (:mod:`training.schedule`) is open_clip_train's ``cosine_lr`` (linear
+warm-up over ``train.warmup`` steps, then cosine decay) or, with
+``train.schedule=const_cooldown``, constant after the warm-up with a cooldown at the end (none
+in a trunk), stepped per optimizer step. A trunk also keeps a checkpoint at each of its fork
+steps (never pruned).
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from open_clip_train.precision import get_autocast
-from open_clip_train.scheduler import cosine_lr
 
 from core.errors import NonFiniteLoss, Preempted
-from training import checkpoint, data, metrics, step
+from training import checkpoint, data, metrics, schedule, step
 from training.distributed import barrier
 from training.report import Reporter
 from training.state import Run
@@ -42,7 +44,7 @@ def run_loop(
     """Train from ``run.step`` to the plan's last step, logging (to ``reporter`` too) and
     checkpointing on the way."""
     cfg, t = run.cfg, run.cfg.train
-    scheduler = cosine_lr(run.optimizer, t.lr, t.warmup, run.plan.total_steps)
+    scheduler = schedule.make_lr(run.optimizer, t, run.plan.total_steps, trunk=run.trunk is not None)
     autocast = get_autocast(cfg.model.precision, device_type=run.device.type)
     loss_fn = step.make_loss(run.dist)
     meter = metrics.Meter(
@@ -140,7 +142,9 @@ def _after_step(
         path = run.save(final=False)
         raise Preempted(run.step, path, stop.signum or 0)
     saved = None
-    if in_a_row == 0 and _every(run.step, int(t.checkpoint_every)):
+    if run.trunk is not None and run.step in run.trunk.keep:
+        saved = run.save(final=False, pin=True)  # a fork point: kept for its branches
+    elif in_a_row == 0 and _every(run.step, int(t.checkpoint_every)):
         saved = run.save(final=False)
     if evaluate_checkpoint is not None and _every(run.step, int(t.zeroshot_every)):
         began = time.perf_counter()

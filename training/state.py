@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from core.steps import Steps
 from training import checkpoint, data
 from training.distributed import Dist, barrier
+from training.schedule import Branch, Trunk
 from training.step import unwrap
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     skips: data.SkipTally = field(default_factory=data.SkipTally)
     """What the loader skipped, over all attempts."""
+    trunk: Trunk | None = None
+    """Set when this attempt trains a const_cooldown trunk segment."""
+    branch: Branch | None = None
+    """Set when this run is a branch: with no checkpoint of its own it starts from the trunk."""
+    forked_from: Path | None = None
+    """The trunk checkpoint this attempt started from, if any."""
 
     @property
     def samples_seen(self) -> int:
@@ -80,11 +87,12 @@ class Run:
             "seconds": self.seconds(),
             "resumed_from": self.resumed_from,
             "schedule": {
-                "kind": "cosine",
+                "kind": str(t.schedule) if self.trunk is None else "trunk",
                 "base_lr": float(t.lr),
                 "warmup": int(t.warmup),
                 "total_steps": self.plan.total_steps,
                 "lr": float(self.optimizer.param_groups[0]["lr"]),
+                "fork_step": self.branch.fork if self.branch is not None else None,
             },
             "skipped_samples": skipped[0],
             "skipped_shards": skipped[1],
@@ -97,14 +105,15 @@ class Run:
             "rng": checkpoint.rng_state(),
         }
 
-    def save(self, final: bool) -> Path:
-        """Checkpoint (rank 0 writes; every rank waits for it, so none runs ahead of a save)."""
+    def save(self, final: bool, pin: bool = False) -> Path:
+        """Checkpoint (rank 0 writes; every rank waits for it, so none runs ahead of a save);
+        ``pin``: never pruned (a trunk's fork points)."""
         path = checkpoint.checkpoint_dir(self.run_dir) / (
             checkpoint.FINAL if final else f"step_{self.step:08d}.pt"
         )
         if self.dist.main:
             keep = int(self.cfg.train.keep_checkpoints)
-            path = checkpoint.save(self.run_dir, self.step, self.state(final), keep)
+            path = checkpoint.save(self.run_dir, self.step, {**self.state(final), "pinned": pin}, keep)
         barrier(self.dist)
         return path
 
@@ -118,6 +127,7 @@ class Run:
             "loss": self.loss,
             "seconds": self.seconds(),
             "resumed_from": self.resumed_from,
+            "forked_from": str(self.forked_from) if self.forked_from is not None else None,
         }
 
 
@@ -130,13 +140,27 @@ def finished(run_dir: Path) -> dict[str, Any] | None:
     return {"checkpoint": str(done), **{k: record.get(k) for k in RESULT_KEYS}, "skipped": True}
 
 
+def newest(run_dir: Path) -> Path:
+    """The run's newest complete checkpoint; FileNotFoundError when it has none."""
+    path = checkpoint.latest(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"no complete checkpoint in {checkpoint.checkpoint_dir(run_dir)}")
+    return path
+
+
 def resume(run: Run) -> None:
     """Load the newest complete checkpoint of the run, if any, into ``run``.
 
-    Raises ValueError when it is of another architecture or global batch. The RNG states are
-    restored in a one-process run only (the saved ones are rank 0's).
+    A branch without a checkpoint of its own starts from its trunk's newest complete checkpoint
+    at or before its fork step (model, optimizer, scaler, RNG, step: the data stream continues
+    as in a straight run), and trains from there. Raises ValueError when it is of another
+    architecture or global batch. The RNG states are restored in a one-process run only (the
+    saved ones are rank 0's).
     """
     path = checkpoint.latest(run.run_dir)
+    if path is None and run.branch is not None:
+        path = checkpoint.latest(run.branch.trunk_dir, at_most=run.branch.fork)
+        run.forked_from = path
     if path is None:
         return
     state = checkpoint.load(path)

@@ -22,14 +22,18 @@ from training import data, distributed, models, report, state, step
 from training.distributed import Dist, weights_digest  # noqa: F401  # tests/test_slurm.py
 from training.loop import EvaluateCheckpoint, run_loop
 from training.report import Reporter
+from training.schedule import Branch, Trunk
 from training.state import Run
 from training.stop import StopFlag
 
 
-def make_plan(cfg: DictConfig, world: int = 1) -> Steps:
-    """Optimizer steps and gradient accumulation of ``cfg`` on ``world`` processes; ValueError
-    on an impossible batch (see :class:`core.steps.Steps`)."""
+def make_plan(cfg: DictConfig, world: int = 1, trunk: Trunk | None = None) -> Steps:
+    """Optimizer steps and gradient accumulation of ``cfg`` on ``world`` processes (a trunk
+    segment: up to ``trunk.until``); ValueError on an impossible batch (see
+    :class:`core.steps.Steps`)."""
     seen, batch = int(cfg.samples.seen), int(cfg.model.global_batch)
+    if trunk is not None:
+        seen = trunk.until * batch
     return Steps(seen, batch, int(cfg.model.local_batch), world).check()
 
 
@@ -38,6 +42,9 @@ def train(
     run_dir: str | Path,
     evaluate_checkpoint: EvaluateCheckpoint | None = None,
     reporter: Reporter | None = None,
+    *,
+    trunk: Trunk | None = None,
+    branch: Branch | None = None,
 ) -> dict[str, Any]:
     """Train one grid point to ``cfg.samples.seen`` pairs in ``run_dir``; resumable.
 
@@ -65,7 +72,17 @@ def train(
     Raises :class:`core.errors.Preempted` after checkpointing when SIGTERM or SIGUSR2 arrived,
     and :class:`core.errors.NonFiniteLoss` after ``train.max_nonfinite`` non-finite losses in
     a row (a non-finite loss skips its step's update).
+
+    ``train.schedule=const_cooldown`` (:mod:`training.schedule`): with ``trunk``, ``run_dir`` is
+    the points' shared trunk, trained at constant LR up to ``trunk.until`` from its newest
+    checkpoint (none later: nothing is trained), pinning a checkpoint at every ``trunk.keep``
+    step and at the end, never writing ``final.pt`` (a later launch extends it); no
+    learning-curve evaluation. With ``branch``, a run without a checkpoint of its own starts
+    from the trunk's checkpoint at ``branch.fork`` (or the newest one before it) and cools down;
+    the result then names it (``forked_from``).
     """
+    if trunk is not None:
+        return _train_trunk(cfg, Path(run_dir), trunk)
     if cfg.train.zeroshot_every > 0 and evaluate_checkpoint is None:
         raise ValueError(
             f"train.zeroshot_every={cfg.train.zeroshot_every} needs an evaluate_checkpoint "
@@ -82,7 +99,7 @@ def train(
         else report.for_run(cfg, run_dir, main=dist_.main)
     )
     with StopFlag() as stop, reporting as reporter_:
-        run, preprocess, tokenizer = _build(cfg, run_dir, dist_)
+        run, preprocess, tokenizer = _build(cfg, run_dir, dist_, branch=branch)
         reporter_.start(run.samples_seen)
         if run.step < run.plan.total_steps:
             run_loop(run, preprocess, tokenizer, stop, evaluate_checkpoint, reporter_)
@@ -92,9 +109,24 @@ def train(
         return out
 
 
-def _build(cfg: DictConfig, run_dir: Path, dist_: Dist) -> tuple[Run, Any, Any]:
-    """Model, optimizer and the run's state, resumed from its newest checkpoint if any."""
-    plan = make_plan(cfg, dist_.world)
+def _train_trunk(cfg: DictConfig, run_dir: Path, trunk: Trunk) -> dict[str, Any]:
+    """A trunk segment (see :func:`train`): returns the result of its newest checkpoint."""
+    dist_ = distributed.init_distributed("cuda" if torch.cuda.is_available() else "cpu")
+    with StopFlag() as stop, report.for_run(cfg, run_dir, main=dist_.main) as reporter_:
+        run, preprocess, tokenizer = _build(cfg, run_dir, dist_, trunk=trunk)
+        reporter_.start(run.samples_seen)
+        if run.step >= trunk.until:  # trained that far already
+            out = run.result(state.newest(run_dir))
+            return {**out, "skipped": True}
+        run_loop(run, preprocess, tokenizer, stop, None, reporter_)
+        return run.result(run.save(final=False, pin=True))
+
+
+def _build(cfg: DictConfig, run_dir: Path, dist_: Dist, trunk: Trunk | None = None,
+           branch: Branch | None = None) -> tuple[Run, Any, Any]:
+    """Model, optimizer and the run's state, resumed from its newest checkpoint if any (a
+    branch's first attempt: from its trunk's)."""
+    plan = make_plan(cfg, dist_.world, trunk)
     # Fail in a second, before building the model.
     data.check_shards(cfg.data.shards, cfg.data.shard_weights)
     device = distributed.pick_device()
@@ -106,7 +138,7 @@ def _build(cfg: DictConfig, run_dir: Path, dist_: Dist) -> tuple[Run, Any, Any]:
         model.set_grad_checkpointing(True)
     optimizer = step.make_optimizer(model, cfg.train)
     scaler = step.make_scaler(cfg.model.precision, device)
-    run = Run(cfg, run_dir, plan, device, model, optimizer, scaler, dist_)
+    run = Run(cfg, run_dir, plan, device, model, optimizer, scaler, dist_, trunk=trunk, branch=branch)
     state.resume(run)
     run.model = distributed.wrap(model, dist_, device)
     if cfg.train.compile:
