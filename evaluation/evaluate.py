@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 import store
-from core.schema import Task
+from core.identity import trunk_id
+from core.schema import Schedule, Task
 from evaluation.checkpoint import load_model
 from evaluation.probe import linear_probe, probe_task
 
@@ -350,6 +351,8 @@ def _base_record(
     """The keys shared by every record of this checkpoint."""
     meta = _read_meta(run_dir)
     samples_seen = int(step) * int(cfg.model.global_batch)
+    # a run folder's config.yaml from before train.schedule existed holds a cosine run
+    schedule = Schedule(cfg.train.get("schedule") or Schedule.cosine)
     return {
         "model": cfg.model.arch,
         "pretrained": str(checkpoint),
@@ -370,4 +373,7 @@ def _base_record(
         "family": cfg.sweep or "adhoc",
         "config_hash": meta.get("config_hash", "unknown"),
         "git_commit": meta.get("git_commit", "unknown"),
+        # cooled-down (const_cooldown) and cosine points are separate families in a fit
+        "schedule": str(schedule),
+        "trunk_id": trunk_id(cfg) if schedule == Schedule.const_cooldown else None,
     }
