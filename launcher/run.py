@@ -7,6 +7,7 @@ once, a partial one resumes from its newest checkpoint, and evaluation skips rec
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -14,14 +15,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from core.atomic import atomic_write_json, atomic_write_text
 from core.errors import Cancelled, Preempted
+from core.identity import trunk_id, trunk_identity
 from core.schema import Stage
 from core.states import Event, RunState
 from launcher import rundir
 from launcher.lease import RUN_LEASE, Lease, LeaseHeld, Takeover
-from launcher.plan import Point, check, make_point
+from launcher.plan import Point, branch_fork, check, is_branch, make_point, trunk_progress
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +75,13 @@ def _queue() -> set[str]:
 
 def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | None) -> dict[str, Any]:
     """The point's work, under its lease."""
-    path = rundir.prepare(cfg)
+    path = _prepare_trunk(cfg, point.run_dir) if point.trunk_until else rundir.prepare(cfg)
     if takeover is not None:
         previous = asdict(takeover.previous) if takeover.previous else None
         rundir.log_event(path, Event.LEASE_TAKEN_OVER, previous=previous, reason=takeover.reason)
         log.warning("%s: took over a stale lease: %s", point.run_id, takeover.reason)
+    if point.trunk_until:
+        return _run_segment(cfg, point, path)
     state = rundir.state(path)  # again, under the lease: the previous holder may have finished
     if state == RunState.DONE:
         log.info("%s: done already, skipped", point.run_id)
@@ -89,7 +94,8 @@ def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | 
         # SLURM requeued the job itself (a node failed under it, say): the log says so
         rundir.log_event(path, Event.REQUEUED, by="slurm", restart_count=restarts, stage=stage,
                          **slurm_job())
-    rundir.log_event(path, Event.START, previous_state=state, stage=stage, **slurm_job())
+    rundir.log_event(path, Event.START, previous_state=state, stage=stage, **_trunk_of(cfg, path),
+                     **slurm_job())
     tic = time.time()
     result: dict[str, Any] = {}
     try:
@@ -111,6 +117,67 @@ def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | 
     return {"run_id": point.run_id, "state": RunState.DONE, "skipped": False, **result}
 
 
+def _prepare_trunk(cfg: DictConfig, path: Path) -> Path:
+    """The trunk's folder with the latest segment's config and, once, its meta.json."""
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if not (path / "meta.json").exists():
+        atomic_write_json(path / "meta.json", {
+            "run_id": path.name, "trunk": True, "identity": trunk_identity(cfg),
+            "git_commit": rundir.git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+    return path
+
+
+def _trunk_of(cfg: DictConfig, path: Path) -> dict[str, Any]:
+    """``{"trunk", "fork_step"}`` of a branch ({} otherwise), also written into its meta.json."""
+    if not is_branch(cfg):
+        return {}
+    out = {"trunk": trunk_id(cfg), "fork_step": branch_fork(cfg)}
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("trunk") != out["trunk"]:
+        atomic_write_json(path / "meta.json", {**meta, **out})
+    return out
+
+
+def _role(cfg: DictConfig) -> dict[str, Any]:
+    """``train``'s ``trunk=`` (a trunk segment) or ``branch=`` (a const_cooldown point)."""
+    from training.schedule import Branch, Trunk, keep_steps
+
+    until = int(cfg.train.trunk_until)
+    if until:
+        every, batch = int(cfg.train.fork_every), int(cfg.model.global_batch)
+        keep = keep_steps([until], until, max(every // batch, 1) if every > 0 else 0)
+        return {"trunk": Trunk(until, keep)}
+    if is_branch(cfg):
+        return {"branch": Branch(rundir.root_dir(str(cfg.root)) / trunk_id(cfg), branch_fork(cfg))}
+    return {}
+
+
+def _run_segment(cfg: DictConfig, point: Point, path: Path) -> dict[str, Any]:
+    """Train the trunk to ``train.trunk_until`` (nothing when it is there already), pinning a
+    checkpoint there and every ``train.fork_every`` samples; ``start`` and ``trained`` go to
+    the trunk's status log."""
+    until = point.trunk_until
+    if trunk_progress(path) >= until:
+        log.info("%s: trained to step %d already, skipped", point.run_id, until)
+        return {"run_id": point.run_id, "state": RunState.DONE, "skipped": True}
+    rundir.log_event(path, Event.START, stage=Stage.train, trunk_until=until, **slurm_job())
+    try:
+        import synthetic  # torch: kept off the plan's path
+        from training.train import train
+
+        synthetic.ensure_datasets(cfg)
+        result = train(cfg, path, **_role(cfg))
+    except BaseException as e:
+        _log_stop(point, path, Stage.train, e)
+        raise
+    rundir.log_event(path, Event.TRAINED, step=result["step"], samples_seen=result["samples_seen"],
+                     loss=result["loss"], seconds=round(result["seconds"] or 0, 1),
+                     resumed_from=result["resumed_from"])
+    return {"run_id": point.run_id, "state": RunState.DONE, "skipped": False, **result}
+
+
 def _train(cfg: DictConfig, path: Path) -> dict[str, Any]:
     """Train (or find trained) and log ``trained`` once; with ``train.zeroshot_every`` the
     trainer calls back into evaluation at those steps (records with ``final: false``) and
@@ -121,11 +188,13 @@ def _train(cfg: DictConfig, path: Path) -> dict[str, Any]:
     def learning_curve(ckpt: Path, step: int) -> list[dict[str, Any]]:
         return evaluate(cfg, path, ckpt, step=step, final=False)
 
-    result = train(cfg, path, evaluate_checkpoint=learning_curve)
+    result = train(cfg, path, evaluate_checkpoint=learning_curve, **_role(cfg))
     if not result.get("skipped") or not rundir.training_finished(path):
+        forked = {"forked_from": result["forked_from"]} if result.get("forked_from") else {}
         rundir.log_event(path, Event.TRAINED, step=result["step"],
                          samples_seen=result["samples_seen"], loss=result["loss"],
-                         seconds=round(result["seconds"] or 0, 1), ranks=result.get("ranks"))
+                         seconds=round(result["seconds"] or 0, 1), ranks=result.get("ranks"),
+                         **forked)
     return result
 
 
@@ -195,5 +264,5 @@ def _follower(cfg: DictConfig, path: Path, stage: Stage) -> dict[str, Any]:
     from training.train import train
 
     synthetic.ensure_datasets(cfg)
-    result = train(cfg, path, evaluate_checkpoint=_rank0_only)
+    result = train(cfg, path, evaluate_checkpoint=_rank0_only, **_role(cfg))
     return {"run_id": path.name, "state": RunState.TRAINED, "rank": int(os.environ["RANK"]), **result}

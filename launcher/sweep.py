@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from core.errors import ConfigError, SweepError
 from launcher import hydra_internals
-from launcher.plan import Point, check, make_point, table
+from launcher.plan import Point, check, make_point, table, with_trunks
 from launcher.policy import Action, RelaunchPolicy
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ def plan_sweep(master: DictConfig, overrides: list[Override],
     :class:`launcher.compose.Composer` (Hydra once per distinct set of group choices). Nothing
     is launched when any point is invalid: all the errors are raised together, each
     naming its point and key. A dry run prints the plan and returns no point. Done points are
-    always skipped; failed ones are retried unless ``retry_failed=false``.
+    always skipped; failed ones are retried unless ``retry_failed=false``. const_cooldown
+    points come after the segments of their trunk (:func:`launcher.plan.with_trunks`).
     """
     dry = bool(master.dry_run)
     points: dict[str, Point] = {}
@@ -155,7 +156,7 @@ def plan_sweep(master: DictConfig, overrides: list[Override],
     if errors:
         raise ConfigError(f"{len(errors)} point(s) cannot run; nothing was launched:\n  "
                           + "\n  ".join(errors))
-    plan = list(points.values())
+    plan = with_trunks(list(points.values()))  # const_cooldown points: trunk segments first
     print(table(plan), flush=True)
     if dry:
         print("dry run: nothing was run or submitted", flush=True)
