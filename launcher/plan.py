@@ -151,11 +151,13 @@ def trunk_progress(trunk_dir: Path) -> int:
 
 
 def segment_state(trunk_dir: Path, until: int) -> RunState:
-    """A trunk segment is done once its trunk was trained to ``until``, else new or partial."""
-    progress = trunk_progress(trunk_dir)
-    if progress >= until:
+    """A trunk segment is done once its trunk was trained to ``until``; else the trunk's state
+    when its last attempt failed, was cancelled or stopped mid-segment (so the relaunch policy
+    treats it as any point), else new."""
+    if trunk_progress(trunk_dir) >= until:
         return RunState.DONE
-    return RunState.PARTIAL if rundir.events(trunk_dir) else RunState.NEW
+    state = rundir.state(trunk_dir)
+    return state if state in (RunState.FAILED, RunState.CANCELLED, RunState.PARTIAL) else RunState.NEW
 
 
 def with_trunks(points: list[Point]) -> list[Point]:
