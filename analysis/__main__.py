@@ -10,13 +10,30 @@ fitted target's error at that compute with its 95 % prediction interval. ``--no-
 leaves out the saturating law E = A C^alpha + E_inf (``saturating.csv``, method
 ``saturating`` in ``fits.csv``).
 
+``--methods`` chooses the fits of ``fits.csv`` (default ``paper ols saturating``); ``followup``
+is the 2025 follow-up's E = a (C + b)^c + d on a Pareto frontier, with bootstrap intervals (its
+c in the ``alpha`` column), and with two families or more it writes ``crossovers.csv`` (does
+one family's law overtake another's, at what compute, with an interval). ``--holdout-above C``
+adds its held-out check: the law fit at or below compute C predicts the frontier above it
+(method ``followup`` in ``holdout.csv``). It is not in the default run (its bootstrap refits
+take seconds per target):
+
+    python -m analysis --source store --root imported --out reports/fu --methods paper followup
+    python -m analysis --source store --root imported --out reports/fu --methods followup \
+        --holdout-above 1e11 --tasks imagenet1k
+
+It ends by printing the headline exponents with their intervals and where the report is;
+``summary.txt`` there lists every fit, test and held-out run.
+
 Prediction alone, printed, nothing written:
 
     python -m analysis predict --gmacs 532 --samples 68e9 --task imagenet1k
     python -m analysis predict --source store --root runs --gmacs 0.0121 --samples 1e6
 
 (ViT-G/14 is 532 GMACs per pair, not in the paper's data: GMACs are given directly.)
-``--method ols`` (default) fits every run; ``--method paper`` fits the paper's lower envelope.
+By default it prints both the paper's method (its lower envelope; the paper's own numbers) and
+OLS over every run, labelled; ``--method paper|ols|followup`` prints one (``followup``: the
+follow-up's law, with the bootstrap interval of the law).
 
 Exit status 0 when something was written (problems are still printed), 1 when nothing could be.
 """
@@ -30,9 +47,9 @@ from collections.abc import Sequence
 import pandas as pd
 
 from analysis.extend import predict
-from analysis.fit import error_points, task_name
+from analysis.fit import FIT_METHODS, error_points, task_name
 from analysis.load import PAPER_DEFAULT_TASKS, load
-from analysis.report import analyze
+from analysis.report import FAMILY_ORDER, analyze
 
 
 def default_tasks(source: str, df) -> list[str]:
@@ -74,6 +91,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-saturating", action="store_true", help="leave out the saturating law E_inf fits"
     )
     p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=(*FIT_METHODS, "saturating"),
+        default=None,
+        metavar="METHOD",
+        help="fit methods for fits.csv: paper, ols, saturating (default: these three), followup",
+    )
+    p.add_argument(
+        "--holdout-above",
+        type=float,
+        default=None,
+        metavar="COMPUTE",
+        help="the follow-up's held-out check: fit its law at or below this compute, predict above",
+    )
+    p.add_argument(
         "--predict",
         nargs=2,
         type=float,
@@ -96,7 +128,8 @@ def parse_predict_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--samples", type=float, required=True, help="samples seen, e.g. 68e9")
     p.add_argument("--task", nargs="+", default=None, help="targets (default: all loaded)")
     p.add_argument("--family", nargs="+", default=None, help="families (default: all)")
-    p.add_argument("--method", choices=("ols", "paper"), default="ols")
+    p.add_argument("--method", choices=("paper", "ols", "followup"), default=None,
+                   help="one method (default: paper and ols, labelled)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -110,15 +143,26 @@ def predict_main(argv: Sequence[str]) -> int:
     points, probs = error_points(df, tasks)
     for p in problems + probs:
         print(f"problem: {p}")
-    preds = predict(points, args.gmacs, args.samples, tasks, args.family, args.method)
+    methods = [args.method] if args.method else ["paper", "ols"]
+    preds = pd.concat(
+        [predict(points, args.gmacs, args.samples, tasks, args.family, m) for m in methods],
+        ignore_index=True,
+    )
     if preds.empty:
         print("nothing to predict from: no fitted points for that selection")
         return 1
-    shown = preds[["task", "metric", "family", "n_fit", "error", "error_pi_low",
+    rank = preds["family"].map(lambda f: FAMILY_ORDER.get(f, len(FAMILY_ORDER)))
+    preds = preds.assign(_f=rank).sort_values(["task", "metric", "_f", "family"], kind="stable")
+    shown = preds[["task", "metric", "family", "method", "n_fit", "error", "error_pi_low",
                    "error_pi_high", "value", "note"]]  # fmt: skip
     compute = args.gmacs * args.samples
+    labels = {"paper": "paper: the paper's method, lower envelope of 5 compute bins",
+              "ols": "ols: a line through every run",
+              "followup": "followup: the 2025 follow-up's law on its Pareto frontier, "
+                          "interval: the bootstrap of the law"}  # fmt: skip
     print(f"predicted error (1 - metric) at {args.gmacs:g} GMACs x {args.samples:.3g} samples "
-          f"= {compute:.3g} GMACs ({args.method} fit, 95% prediction interval):")  # fmt: skip
+          f"= {compute:.3g} GMACs, 95% prediction interval")  # fmt: skip
+    print("  " + "; ".join(labels[m] for m in methods))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
@@ -136,11 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             df, args.out, tasks, n_boot=args.bootstrap, plots=not args.no_plots,
             saturating=not args.no_saturating, predict_at=[tuple(p) for p in args.predict],
             title=f"clipscale scaling laws: {args.source} results", problems=problems,
+            methods=args.methods, holdout_above=args.holdout_above,
         )  # fmt: skip
     except OSError as e:  # an unwritable --out, a full disk
         print(f"error: cannot write to {args.out}: {e}", file=sys.stderr)
         return 1
-    print(report.summary())
+    print(report.brief())
     return 0 if report.written else 1
 
 

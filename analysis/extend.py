@@ -1,6 +1,8 @@
-"""Further than the paper: prediction intervals, a held-out check, family tests, saturation.
+"""Further than the paper: prediction intervals, a held-out check, family tests, saturation,
+and where two families' laws cross.
 
-All four work on the same points as ``analysis.fit`` (log10 E against log10 C, C in GMACs):
+The first four work on the same points as ``analysis.fit`` (log10 E against log10 C, C in
+GMACs); the last two on the follow-up's law E = a (C + b)^c + d (``analysis.fit.followup_fit``):
 
 ``predict``
     E at a compute C = GMACs per pair x samples seen, from a statsmodels OLS fit in log-log
@@ -20,6 +22,16 @@ All four work on the same points as ``analysis.fit`` (log10 E against log10 C, C
     E = A * C^alpha + E_inf (scipy ``curve_fit`` on log10 E, so the residuals are on the same
     scale as the power law's), compared with the pure power law by AIC, BIC and the F-test of
     the nested models (E_inf = 0 lies on the boundary, so the F p-value is approximate).
+``crossovers``
+    Per (task, metric) and pair of families, each family's followup law: does one overtake the
+    other, and at what compute? The first crossing of the two laws between the smaller
+    family's smallest frontier compute and ``CROSSOVER_DECADES`` decades beyond the larger's
+    largest, with a percentile interval over the bootstrap laws (pairs of the two families'
+    refits; ``boot_share`` of those pairs cross at all in that range).
+``followup_holdout``
+    The follow-up's check: fit the law on the frontier points at or below a compute cut,
+    predict the frontier points above it, with the bootstrap interval of the law (rows in
+    ``holdout.csv``'s columns, method ``followup``).
 """
 
 from __future__ import annotations
@@ -35,7 +47,15 @@ import statsmodels.api as sm
 import statsmodels.formula.api as smf
 from scipy import optimize, stats
 
-from analysis.fit import group_of, log_points, paper_line
+from analysis.fit import (
+    FOLLOWUP_BOOT,
+    FollowupFit,
+    followup_fit,
+    followup_law,
+    group_of,
+    log_points,
+    paper_line,
+)
 
 LEVEL = 0.95
 MIN_PRED_POINTS = 3  # a line through 2 points has no residual variance: no interval
@@ -54,6 +74,13 @@ TEST_COLUMNS = (
     "task", "metric", "method", "family_a", "family_b", "alpha_a", "alpha_b", "alpha_diff",
     "diff_low", "diff_high", "p_value", "n_a", "n_b",
 )  # fmt: skip
+CROSSOVER_COLUMNS = (
+    "task", "metric", "family_a", "family_b", "crossover", "crossover_low", "crossover_high",
+    "boot_share", "error_at_crossover", "lower_below", "lower_above", "range_low", "range_high",
+    "n_boot", "note",
+)  # fmt: skip
+CROSSOVER_DECADES = 3.0
+"""How far beyond the data (decades of compute) ``crossovers`` looks for a crossing."""
 COMPARISON_COLUMNS = (
     "family", "task", "eval_task", "metric", "n_points", "A", "alpha", "E_inf", "E_inf_low", "E_inf_high",
     "rss_power", "rss_saturating", "aic_power", "aic_saturating", "bic_power",
@@ -121,6 +148,9 @@ def predict(
         row: dict = dict.fromkeys(PREDICT_COLUMNS, float("nan"))
         row.update(family=family, task=task, metric=metric, method=method, gmacs=gmacs,
                    samples_seen=samples_seen, compute=compute, note="")  # fmt: skip
+        if method == "followup":
+            rows.append(_predict_followup(row, group, compute))
+            continue
         x, y = _fit_xy(group, method)
         row["n_fit"] = len(x)
         if len(x) < 2 or np.ptp(x) == 0:
@@ -141,6 +171,28 @@ def predict(
         row["note"] = "; ".join(notes)
         rows.append(row)
     return pd.DataFrame(rows, columns=list(PREDICT_COLUMNS))
+
+
+def _extrapolated(compute: float, low: float, high: float) -> str:
+    """A note saying how far ``compute`` lies outside [low, high], in decades ("" inside)."""
+    lc = math.log10(compute)
+    beyond = abs(lc - np.clip(lc, math.log10(low), math.log10(high)))
+    return f"extrapolated {beyond:.2f} decades" if beyond > 0 else ""
+
+
+def _predict_followup(row: dict, group: pd.DataFrame, compute: float) -> dict:
+    """``row`` filled in from the followup law of ``group`` at ``compute``."""
+    fit = followup_fit(group["compute"].to_numpy(float), group["error"].to_numpy(float),
+                       n_boot=FOLLOWUP_BOOT)  # fmt: skip
+    if isinstance(fit, str):
+        return {**row, "n_fit": 0, "note": fit}
+    error = float(fit.predict(compute))
+    low, high = (float(v[0]) for v in fit.band(compute))
+    notes = ["interval: bootstrap of the law (not of a new run)"]
+    notes += [n for n in [_extrapolated(compute, fit.x.min(), fit.x.max())] if n]
+    return {**row, "error": error, "error_ci_low": low, "error_ci_high": high,
+            "error_pi_low": low, "error_pi_high": high, "value": 1 - error,
+            "n_fit": len(fit.x), "note": "; ".join(notes)}  # fmt: skip
 
 
 def holdout(points: pd.DataFrame, methods: Sequence[str] = ("ols", "paper")) -> pd.DataFrame:
@@ -322,3 +374,98 @@ def saturating_fit_rows(comparison: pd.DataFrame, fit_columns: Sequence[str]) ->
         method="saturating", fit_kind="curve_fit", n_fit=comparison["n_points"]
     )  # fmt: skip
     return rows.reindex(columns=list(fit_columns))
+
+
+# --- on the follow-up's law -------------------------------------------------------------------
+
+
+def _fits_by_family(group: pd.DataFrame, n_boot: int) -> dict[str, FollowupFit]:
+    fits = {}
+    for family, fam in group.groupby("family", sort=False):
+        fit = followup_fit(fam["compute"].to_numpy(float), fam["error"].to_numpy(float),
+                           n_boot=n_boot)  # fmt: skip
+        if not isinstance(fit, str):
+            fits[str(family)] = fit
+    return fits
+
+
+def first_crossing(pa: Sequence[float], pb: Sequence[float], low: float, high: float,
+                   ) -> tuple[float, int]:  # fmt: skip
+    """The smallest compute in [low, high] where law ``pa`` equals law ``pb`` (NaN if none),
+    and how many times they cross there."""
+    t = np.linspace(math.log10(low), math.log10(high), 400)
+    diff = followup_law(10**t, *pa) - followup_law(10**t, *pb)
+    signs = np.sign(diff)
+    changes = np.flatnonzero(signs[:-1] * signs[1:] < 0)
+    if not len(changes):
+        return float("nan"), 0
+    i = int(changes[0])
+    f = lambda v: float(followup_law(10**v, *pa) - followup_law(10**v, *pb))  # noqa: E731
+    return float(10 ** optimize.brentq(f, t[i], t[i + 1])), len(changes)
+
+
+def crossovers(
+    points: pd.DataFrame, n_boot: int = FOLLOWUP_BOOT, decades: float = CROSSOVER_DECADES
+) -> pd.DataFrame:
+    """One ``CROSSOVER_COLUMNS`` row per (task, metric, pair of families with a followup law)."""
+    rows = []
+    for (task, metric), group in points.groupby(["task", "metric"], sort=False):
+        fits = _fits_by_family(group, n_boot)
+        for fa, fb in itertools.combinations(fits, 2):
+            rows.append(_crossover_row(str(task), str(metric), fa, fb, fits[fa], fits[fb], decades))
+    return pd.DataFrame(rows, columns=list(CROSSOVER_COLUMNS))
+
+
+def _crossover_row(task: str, metric: str, fa: str, fb: str, a: FollowupFit, b: FollowupFit,
+                   decades: float) -> dict:  # fmt: skip
+    low = min(a.x.min(), b.x.min())
+    high = max(a.x.max(), b.x.max()) * 10**decades
+    at, n = first_crossing(a.params, b.params, low, high)
+    k = min(len(a.boot), len(b.boot))
+    boots = np.array([first_crossing(a.boot[i], b.boot[i], low, high)[0] for i in range(k)])
+    crossed = boots[np.isfinite(boots)]
+    tail = 100 * (1 - LEVEL) / 2
+    ci = np.percentile(crossed, [tail, 100 - tail]) if len(crossed) else [np.nan, np.nan]
+    lower = lambda c: fa if a.predict(c) < b.predict(c) else fb  # noqa: E731
+    below, above = lower(low), lower(high)
+    if n:
+        note = f"{above} overtakes {below} at C = {at:.3g}"
+        if n > 1:
+            note += f" (the first of {n} crossings)"
+    else:
+        note = f"no crossing in [{low:.3g}, {high:.3g}]: {below} stays below"
+    return {
+        "task": task, "metric": metric, "family_a": fa, "family_b": fb, "crossover": at,
+        "crossover_low": float(ci[0]), "crossover_high": float(ci[1]),
+        "boot_share": len(crossed) / k if k else float("nan"),
+        "error_at_crossover": float(a.predict(at)) if n else float("nan"),
+        "lower_below": below, "lower_above": above, "range_low": low, "range_high": high,
+        "n_boot": k, "note": note,
+    }  # fmt: skip
+
+
+def followup_holdout(points: pd.DataFrame, cut: float, n_boot: int = FOLLOWUP_BOOT) -> pd.DataFrame:
+    """Fit each group's followup law at or below compute ``cut``, predict its frontier above."""
+    rows = []
+    for (family, task, metric), group in points.groupby(["family", "task", "metric"], sort=False):
+        compute = group["compute"].to_numpy(float)
+        fit = followup_fit(compute, group["error"].to_numpy(float), n_boot=n_boot, max_compute=cut)
+        if isinstance(fit, str):
+            continue
+        test = group[fit.frontier & (compute > cut)]
+        if test.empty:
+            continue
+        pred = fit.predict(test["compute"])
+        low, high = fit.band(test["compute"])
+        for i, (_, run) in enumerate(test.iterrows()):
+            inside = bool(low[i] <= run["error"] <= high[i]) if np.isfinite(low[i]) else None
+            rows.append({
+                "family": family, "task": task, "metric": metric, "method": "followup",
+                "train_models": f"frontier at C <= {cut:.3g}", "heldout_model": run["model_label"],
+                "run_id": run["run_id"], "samples_seen": run["samples_seen"],
+                "compute": run["compute"], "error": run["error"], "predicted": pred[i],
+                "pi_low": low[i], "pi_high": high[i],
+                "rel_error": (pred[i] - run["error"]) / run["error"], "inside_pi": inside,
+                "n_fit": len(fit.x),
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=list(HOLDOUT_COLUMNS))

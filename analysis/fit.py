@@ -1,6 +1,7 @@
 """Power-law fits E = A * C^alpha of downstream error E against training compute C.
 
-Two methods, both linear in log10-log10 space (alpha is the slope, A = 10**intercept):
+Two methods linear in log10-log10 space (alpha is the slope, A = 10**intercept), and the 2025
+follow-up's saturating law on a Pareto frontier:
 
 ``paper``
     The paper's method (Cherti et al. 2022, ``figures.ipynb`` of LAION-AI/scaling-laws-openclip):
@@ -18,10 +19,25 @@ Two methods, both linear in log10-log10 space (alpha is the slope, A = 10**inter
 
 For both, ``boot_alpha_low``/``boot_alpha_high`` is a percentile bootstrap (runs resampled
 with replacement, the whole method re-run on each resample); NaN below 4 points.
+
+``followup``
+    The method of "Scaling Laws for Robust Comparison of Open Foundation Language-Vision Models
+    and Datasets" (Nezhurina et al. 2025, LAION-AI/scaling-laws-for-comparison): the Pareto
+    frontier of the runs by ``pareto_bin`` (the best run of each geometric compute bin, kept
+    only if it beats every cheaper bin's best), then E = a * (C + b)^c + d fitted to the
+    frontier by least squares in E (scipy's bounded ``least_squares``, as their ``curve_fit``;
+    a, b, d >= 0, c <= 0; several starts, the best kept). In ``fits.csv``: ``A`` = a, ``alpha`` = c, ``E_inf`` = d, b in ``note``;
+    ``alpha_low``/``alpha_high`` (and ``boot_alpha_*``) and ``A_low``/``A_high`` are percentile
+    intervals over a bootstrap of the frontier points (resampled, refitted; at most
+    ``FOLLOWUP_BOOT`` refits), as theirs. Needs
+    ``FOLLOWUP_MIN_POINTS`` frontier points (4 parameters). ``FollowupFit`` keeps every
+    bootstrap fit, for prediction intervals and the family crossovers of ``analysis.extend``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +46,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
+from scipy import optimize
 
 NBINS = 5
 EPS = 0.1
 MIN_BINNED_POINTS = 6
 MIN_BOOT_POINTS = 4
 METHODS = ("paper", "ols")
+"""What ``fit_all`` runs unless told: the paper's method and plain OLS."""
+FIT_METHODS = ("paper", "ols", "followup")
+"""Every method ``fit_one`` knows (the saturating law lives in ``analysis.extend``)."""
+LEVEL = 0.95
+FOLLOWUP_MIN_POINTS = 5
+PARETO_FLOP_UNIT = 1500.0
+"""``pareto_bin``'s default bin count is log2(C_max / this), as the follow-up's (its C is in
+GFLOPs); never fewer than ``PARETO_MIN_BINS``."""
+PARETO_MIN_BINS = 8
 
 RETRIEVAL_METRICS = ("image_retrieval_recall@5", "text_retrieval_recall@5")
 POINT_COLUMNS = (
@@ -292,8 +318,10 @@ def fit_one(points: pd.DataFrame, method: str, n_boot: int = 1000, seed: int = 0
     Returns a ``FIT_COLUMNS`` row; ``A``/``alpha`` are NaN and ``note`` says why when the
     group cannot be fit (fewer than 2 points, or a single compute value).
     """
-    if method not in _LINES:
-        raise ValueError(f"unknown method {method!r}: expected one of {METHODS}")
+    if method not in FIT_METHODS:
+        raise ValueError(f"unknown method {method!r}: expected one of {FIT_METHODS}")
+    if method == "followup":
+        return followup_row(points, n_boot=n_boot, seed=seed)
     log_c, log_e = log_points(points)
     row: dict = {c: float("nan") for c in FIT_COLUMNS}
     row.update(
@@ -349,3 +377,218 @@ def fit_all(
             )
     fits = pd.DataFrame(rows, columns=list(FIT_COLUMNS))
     return fits, problems
+
+
+# --- the follow-up's method: E = a * (C + b)^c + d on a Pareto frontier ----------------------
+
+
+def pareto_bin(compute: np.ndarray, error: np.ndarray, num_bins: int | None = None) -> np.ndarray:
+    """Mask of the Pareto-frontier points, binned as the follow-up does: ``num_bins`` geometric
+    bin edges from min to max compute, the lowest error of each bin in order of compute, kept
+    only when below every kept one before it; the largest-compute point joins when it is lower
+    still (the last bin is half-open, as theirs)."""
+    c, e = np.asarray(compute, float), np.asarray(error, float)
+    if len(c) == 0:
+        return np.zeros(0, bool)
+    if num_bins is None:
+        rule = int(math.log2(c.max() / PARETO_FLOP_UNIT)) if c.max() > PARETO_FLOP_UNIT else 0
+        num_bins = max(rule, PARETO_MIN_BINS)
+    edges = np.geomspace(c.min(), c.max(), num_bins) if c.max() > c.min() else np.array([c.min()])
+    kept: list[int] = []
+    best = math.inf
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = np.flatnonzero((c >= lo) & (c < hi))
+        if inside.size:
+            i = int(inside[np.argmin(e[inside])])
+            if not kept or e[i] < best:
+                kept.append(i)
+                best = e[i]
+    top = int(np.argmax(c))
+    if not kept or e[top] < best:
+        kept.append(top)
+    mask = np.zeros(len(c), bool)
+    mask[kept] = True
+    return mask
+
+
+def followup_law(c: np.ndarray, a: float, b: float, exponent: float, d: float) -> np.ndarray:
+    """E = a * (C + b)^exponent + d."""
+    return a * np.power(c + b, exponent) + d
+
+
+_LOWER, _UPPER = np.array([0.0, 0.0, -np.inf, 0.0]), np.array([np.inf, np.inf, 0.0, np.inf])
+_INSIDE = (np.array([1e-12, 1e-12, -50.0, 1e-12]), np.array([1e12, 1e12, -1e-9, 1e12]))
+FOLLOWUP_BOOT = 200
+"""At most this many bootstrap refits per followup fit (the follow-up's own default is 100)."""
+
+
+def _residuals(p: np.ndarray, u: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return followup_law(u, *p) - y
+
+
+def _jacobian(p: np.ndarray, u: np.ndarray, y: np.ndarray) -> np.ndarray:
+    base = u + p[1]  # >= 1: u >= 1 and b >= 0
+    g = np.power(base, p[2])
+    return np.column_stack([g, p[0] * p[2] * g / base, p[0] * g * np.log(base), np.ones_like(u)])
+
+
+def _least_squares(
+    u: np.ndarray, y: np.ndarray, starts: Sequence[Sequence[float]], max_nfev: int = 1000
+) -> np.ndarray | None:
+    """The best least-squares fit of the law to (u, y) over ``starts`` (scipy's bounded
+    ``least_squares``, which ``curve_fit`` calls, given the analytic Jacobian), or None."""
+    best, best_sse = None, math.inf
+    for p0 in starts:
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                res = optimize.least_squares(
+                    _residuals, np.clip(p0, *_INSIDE), jac=_jacobian, bounds=(_LOWER, _UPPER),
+                    args=(u, y), method="trf", x_scale="jac", max_nfev=max_nfev,
+                )  # fmt: skip
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+            continue
+        sse = 2 * float(res.cost)
+        if res.status >= 0 and math.isfinite(sse) and sse < best_sse:
+            best, best_sse = res.x, sse
+    return best
+
+
+def _starts(u: np.ndarray, y: np.ndarray) -> list[list[float]]:
+    """A small grid of starting points: exponent, floor and offset, a through the first point."""
+    first = float(y[np.argmin(u)])
+    out = []
+    for exponent in (-0.05, -0.15, -0.3, -0.6):
+        for d in (1e-6, 0.5 * float(y.min())):
+            for b in (1e-6, 1.0):
+                a = max((first - d) / (u.min() + b) ** exponent, 1e-9)
+                out.append([a, b, exponent, d])
+    return out
+
+
+@dataclass(frozen=True)
+class FollowupFit:
+    """E = a * (C + b)^c + d fitted to ``x``/``y`` (the frontier points it was fit on, C in the
+    data's units), with the bootstrap fits ``boot`` (rows a, b, c, d); ``frontier`` masks the
+    input points on the Pareto frontier (those above a compute cut included)."""
+
+    a: float
+    b: float
+    c: float
+    d: float
+    x: np.ndarray
+    y: np.ndarray
+    frontier: np.ndarray
+    boot: np.ndarray
+
+    @property
+    def params(self) -> tuple[float, float, float, float]:
+        return self.a, self.b, self.c, self.d
+
+    def predict(self, compute: Any) -> np.ndarray:
+        return followup_law(np.asarray(compute, float), *self.params)
+
+    def band(self, compute: Any, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile interval of the bootstrap laws at ``compute`` (NaN without a bootstrap)."""
+        compute = np.atleast_1d(np.asarray(compute, float))
+        if len(self.boot) == 0:
+            nan = np.full(len(compute), np.nan)
+            return nan, nan
+        preds = np.array([followup_law(compute, *p) for p in self.boot])
+        tail = 100 * (1 - level) / 2
+        return np.percentile(preds, tail, axis=0), np.percentile(preds, 100 - tail, axis=0)
+
+    def interval(self, which: int, level: float = LEVEL) -> tuple[float, float]:
+        """Percentile interval of parameter ``which`` (0 a, 1 b, 2 c, 3 d) over the bootstrap."""
+        if len(self.boot) == 0:
+            return float("nan"), float("nan")
+        tail = 100 * (1 - level) / 2
+        low, high = np.percentile(self.boot[:, which], [tail, 100 - tail])
+        return float(low), float(high)
+
+    @property
+    def r2(self) -> float:
+        resid = float(np.sum((self.predict(self.x) - self.y) ** 2))
+        total = float(np.sum((self.y - self.y.mean()) ** 2))
+        return 1 - resid / total if total > 0 else float("nan")
+
+
+def followup_fit(
+    compute: np.ndarray, error: np.ndarray, n_boot: int = 1000, seed: int = 0,
+    max_compute: float | None = None,
+) -> FollowupFit | str:  # fmt: skip
+    """The follow-up's fit on the Pareto frontier of (``compute``, ``error``), or why not.
+
+    ``max_compute``: fit only the frontier points at or below it (the held-out check predicts
+    the others). Pure and cached: the report, the crossovers and predictions share fits.
+    """
+    c, e = np.asarray(compute, float), np.asarray(error, float)
+    return _followup_cached(c.tobytes(), e.tobytes(), int(n_boot), int(seed),
+                            None if max_compute is None else float(max_compute))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=512)
+def _followup_cached(
+    c_bytes: bytes, e_bytes: bytes, n_boot: int, seed: int, max_compute: float | None
+) -> FollowupFit | str:
+    c, e = np.frombuffer(c_bytes), np.frombuffer(e_bytes)
+    ok = np.isfinite(c) & np.isfinite(e) & (c > 0)
+    frontier = pareto_bin(c[ok], e[ok])
+    mask = np.zeros(len(c), bool)
+    mask[np.flatnonzero(ok)[frontier]] = True
+    fit_on = mask & (c <= max_compute) if max_compute is not None else mask
+    x, y = c[fit_on], e[fit_on]
+    if len(np.unique(x)) < FOLLOWUP_MIN_POINTS:
+        below = f" at or below C = {max_compute:.3g}" if max_compute is not None else ""
+        return (f"{len(np.unique(x))} Pareto-frontier point(s){below}: need >= "
+                f"{FOLLOWUP_MIN_POINTS} for 4 parameters; no fit")  # fmt: skip
+    scale = float(x.min())  # C in units of the smallest frontier compute: a well-scaled problem
+    u = x / scale
+    best = _least_squares(u, y, _starts(u, y))
+    if best is None:
+        return "least squares found no solution"
+    boot = []
+    rng = np.random.default_rng(seed)
+    n_boot = min(max(n_boot, 0), FOLLOWUP_BOOT)
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(u), len(u))
+        if len(np.unique(u[idx])) < 4:
+            continue  # as many parameters as distinct points: no fit
+        # from the full fit; a resample's duplicates leave b flat, so c settles long before it
+        params = _least_squares(u[idx], y[idx], [list(best)], max_nfev=100)
+        if params is not None:
+            boot.append(params)
+    if len(boot) < n_boot // 2:
+        boot = []
+    def to_data_units(p: np.ndarray) -> np.ndarray:  # a (u + b')^c = a s^-c (C + b' s)^c
+        return np.array([p[0] * scale ** (-p[2]), p[1] * scale, p[2], p[3]])
+
+    a, b, exponent, d = to_data_units(best)
+    boots = np.array([to_data_units(p) for p in boot]) if boot else np.zeros((0, 4))
+    return FollowupFit(float(a), float(b), float(exponent), float(d), x, y, mask, boots)
+
+
+def followup_row(points: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The follow-up's fit of one (family, task, metric) group as a ``FIT_COLUMNS`` row."""
+    row: dict = {c: float("nan") for c in FIT_COLUMNS}
+    row.update(**group_of(points), method="followup", fit_kind="", n_points=len(points),
+               n_fit=0, note="")  # fmt: skip
+    compute = points["compute"].to_numpy(float)
+    fit = followup_fit(compute, points["error"].to_numpy(float), n_boot=n_boot, seed=seed)
+    if isinstance(fit, str):
+        row["note"] = fit
+        return row
+    c_low, c_high = fit.interval(2)
+    a_low, a_high = fit.interval(0)
+    notes = [f"E = a (C + b)^c + d, b = {fit.b:.3g}"]
+    if len(fit.boot) == 0 and n_boot > 0:
+        notes.append("bootstrap refits failed: no interval")
+    if fit.c > -1e-3:
+        notes.append("c ~ 0: the frontier is flat")
+    row.update(
+        fit_kind="pareto_bin", A=fit.a, alpha=fit.c, alpha_low=c_low, alpha_high=c_high,
+        A_low=a_low, A_high=a_high, boot_alpha_low=c_low, boot_alpha_high=c_high,
+        n_fit=len(fit.x), r2=fit.r2, compute_min=float(compute.min()),
+        compute_max=float(compute.max()), E_inf=fit.d, note="; ".join(notes),
+    )  # fmt: skip
+    return row

@@ -211,6 +211,18 @@ def render(
         parts.append(table(preds, ("family", "task", "metric", "method", "gmacs",
                                    "samples_seen", "error", "error_pi_low", "error_pi_high",
                                    "value", "n_fit", "note")))  # fmt: skip
+    cross = extras.get("crossovers")
+    if cross is not None and not cross.empty:
+        parts.append(
+            "<h3>Does one family's law overtake another's?</h3><p class='small'>Each family's "
+            "followup law E = a&middot;(C + b)<sup>c</sup> + d (Pareto frontier); the first "
+            "compute where two laws cross, up to 3 decades beyond the data, with the 95 % "
+            "interval over the bootstrap laws; <i>boot_share</i>: the share of bootstrap pairs "
+            "that cross at all.</p>"
+        )
+        parts.append(table(cross, ("task", "metric", "family_a", "family_b", "crossover",
+                                   "crossover_low", "crossover_high", "boot_share",
+                                   "error_at_crossover", "note")))  # fmt: skip
     for task in tasks:
         name = TASK_TITLES.get(task, task)
         parts.append(f'<h2 id="{slug(task)}">{html.escape(name)} '
@@ -229,7 +241,9 @@ def render(
     parts.append(
         '<p class="small"><b>paper</b>: lower envelope over 5 log-compute bins, then least '
         "squares (the paper's method); <b>ols</b>: every run; <b>saturating</b>: "
-        "E = A&middot;C<sup>&alpha;</sup> + E<sub>&infin;</sub> on every run. Also in "
+        "E = A&middot;C<sup>&alpha;</sup> + E<sub>&infin;</sub> on every run; <b>followup</b> "
+        "(when asked for): E = a&middot;(C + b)<sup>c</sup> + d on the Pareto frontier, c in "
+        "alpha, a in A, d in E<sub>&infin;</sub>, b in the note. Also in "
         "<code>fits.csv</code>.</p>"
     )
     parts.append(table(_fits_view(fits), FIT_SHOWN))

@@ -13,9 +13,13 @@ Outputs in ``out`` (all written atomically):
 ``saturating.csv``    E = A C^alpha + E_inf against the power law (AIC, BIC, F-test); the laws
                       are also in ``fits.csv`` as method ``saturating``
 ``holdout.csv``       fit on all but the largest model, predict it: one row per held-out run
+                      (with ``holdout_above``: also the followup law fit below that compute,
+                      predicting the frontier above it, method ``followup``)
+``crossovers.csv``    with method ``followup`` and >= 2 families: where their laws cross
 ``predictions.csv``   E at the requested (GMACs, samples seen), with 95 % prediction intervals
 ``report.html``       all of the above in one self-contained page (figures embedded)
-``summary.txt``       what is printed: exponents with intervals, problems, paths
+``summary.txt``       every fit, test and held-out check, problems, paths (``Report.summary``);
+                      what is printed is shorter (``Report.brief``): the headline exponents
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ from typing import Any
 import pandas as pd
 
 from analysis import extend
-from analysis.fit import FIT_COLUMNS, error_points, fit_all
+from analysis.fit import FIT_COLUMNS, FIT_METHODS, FOLLOWUP_BOOT, METHODS, error_points, fit_all
 from analysis.html import render
 from analysis.load import size_of
 from analysis.plots import all_figures, slug
 from core.atomic import atomic_write_text
 
 FAMILY_ORDER = {"openclip": 0, "openai": 1}
+HEADLINE_METHODS = ("paper", "followup")
+"""The methods whose exponents the printed summary shows (the others are in summary.txt)."""
+BRIEF_LINES = 20
 
 
 @dataclass
@@ -53,22 +60,62 @@ class Report:
         lines += [_fit_line(r) for r in self.fits.itertuples()] or ["  (no fits)"]
         lines += self._section(
             "family_tests", "do the families' exponents differ? (OLS log_e ~ log_c * family)",
-            lambda r: f"  {r.task:<20} {r.metric:<25} {r.method:<5} {r.family_a} {r.alpha_a:+.3f} vs "
-            f"{r.family_b} {r.alpha_b:+.3f}: diff {r.alpha_diff:+.3f} "
-            f"[{r.diff_low:+.3f}, {r.diff_high:+.3f}], p={r.p_value:.3g}",
+            _test_line,
         )
         lines += self._section(
             "holdout_summary", "held-out check (fit on the smaller models, predict the larger):",
-            lambda r: f"  {r.task:<20} {r.metric:<25} {r.family:<10} {r.method:<5} {r.heldout}: "
-            f"mean |rel. error| {100 * r.mean_abs_rel_error:.1f}% over {r.n_heldout} run(s)",
+            _holdout_line,
         )
         lines += self._section(
             "predictions", "predictions (95% prediction interval of the error):", _pred_line
         )
+        lines += self._section("crossovers", CROSSOVER_TITLE, _crossover_line)
         if self.problems:
             lines.append("problems:")
             lines += [f"  - {p}" for p in self.problems]
         lines += _written_lines(self.written)
+        return "\n".join(lines)
+
+    def brief(self, limit: int = BRIEF_LINES) -> str:
+        """What is printed: the headline exponents (the paper's method, and the follow-up's
+        when it ran) with their intervals, the first of each further table, every problem, and
+        where the report is; ``summary`` (summary.txt) has every line."""
+        fits = self.fits
+        shown = [m for m in HEADLINE_METHODS if not fits.empty and (fits["method"] == m).any()]
+        if not shown and not fits.empty:
+            shown = [str(fits["method"].iloc[0])]
+        head = fits[fits["method"].isin(shown)] if shown else fits
+        which = f"{', '.join(shown)} method; " if shown else ""
+        lines = [f"scaling-law exponents ({which}E = A * C^alpha, C = compute, E = 1 - metric; "
+                 "95% intervals):"]  # fmt: skip
+        lines += _capped([_fit_line(r) for r in head.itertuples()], limit, "fits in fits.csv")
+        if head.empty:
+            lines.append("  (no fits)")
+        if len(fits) > len(head):
+            lines.append(f"  ({len(fits) - len(head)} fits of other methods in fits.csv)")
+        tests = self.extras.get("family_tests")
+        if tests is not None and not tests.empty:
+            paper = tests[tests["method"] == "paper"] if (tests["method"] == "paper").any() else tests
+            lines.append(f"do the families' exponents differ? ({paper['method'].iloc[0]} method)")
+            lines += _capped([_test_line(r) for r in paper.itertuples()], limit // 2, "in family_tests.csv")
+        held = self.extras.get("holdout_summary")
+        if held is not None and not held.empty:
+            keep = held[held["method"].isin(HEADLINE_METHODS)]
+            keep = keep if not keep.empty else held
+            lines.append("held-out check (fit on the smaller models, predict the larger):")
+            lines += _capped([_holdout_line(r) for r in keep.itertuples()], limit // 2, "in holdout.csv")
+        for name, title, line in (("predictions", "predictions (95% interval of the error):", _pred_line),
+                                  ("crossovers", CROSSOVER_TITLE, _crossover_line)):  # fmt: skip
+            table = self.extras.get(name)
+            if table is not None and not table.empty:
+                lines.append(title)
+                lines += _capped([line(r) for r in table.itertuples()], limit, f"in {name}.csv")
+        if self.problems:
+            lines.append("problems:")
+            lines += _capped([f"  - {p}" for p in self.problems], limit, "in summary.txt")
+        lines += _written_lines(self.written)
+        if any(p.name == "summary.txt" for p in self.written):
+            lines.append(f"  every fit, test and held-out run: {self.written[0].parent}/summary.txt")
         return "\n".join(lines)
 
 
@@ -78,6 +125,37 @@ class Report:
         if table is None or table.empty:
             return []
         return [title, *(line(r) for r in table.itertuples())]
+
+
+CROSSOVER_TITLE = "where two families' followup laws cross (95% bootstrap interval):"
+
+
+def _test_line(r) -> str:
+    return (f"  {r.task:<20} {r.metric:<25} {r.method:<5} {r.family_a} {r.alpha_a:+.3f} vs "
+            f"{r.family_b} {r.alpha_b:+.3f}: diff {r.alpha_diff:+.3f} "
+            f"[{r.diff_low:+.3f}, {r.diff_high:+.3f}], p={r.p_value:.3g}")  # fmt: skip
+
+
+def _holdout_line(r) -> str:
+    return (f"  {r.task:<20} {r.metric:<25} {r.family:<10} {r.method:<5} {r.heldout}: "
+            f"mean |rel. error| {100 * r.mean_abs_rel_error:.1f}% over {r.n_heldout} run(s)")  # fmt: skip
+
+
+def _crossover_line(r) -> str:
+    head = f"  {r.task:<20} {r.metric:<25} {r.family_a} vs {r.family_b}:"
+    if not math.isfinite(r.crossover):
+        return f"{head} {r.note}; {_fmt(100 * r.boot_share, '.0f')}% of bootstrap pairs cross"
+    ci = f"[{_fmt(r.crossover_low, '.3g')}, {_fmt(r.crossover_high, '.3g')}]"
+    return (f"{head} {r.lower_above} overtakes {r.lower_below} at C = {r.crossover:.3g} {ci} "
+            f"(error {r.error_at_crossover:.3f}; {_fmt(100 * r.boot_share, '.0f')}% of "
+            "bootstrap pairs cross)")  # fmt: skip
+
+
+def _capped(lines: list[str], limit: int, where: str) -> list[str]:
+    """``lines``, at most ``limit`` of them, then how many more there are and ``where``."""
+    if len(lines) <= limit:
+        return lines
+    return [*lines[:limit], f"  ... {len(lines) - limit} more {where}"]
 
 
 def _written_lines(written: list[Path]) -> list[str]:
@@ -117,6 +195,11 @@ def _fit_line(r) -> str:
         return f"{head} no fit: {r.note}"
     if r.method == "saturating":
         return f"{head} alpha={r.alpha:+.3f} A={r.A:.3g} E_inf={r.E_inf:.3g} ({r.n_points} pts)"
+    if r.method == "followup":
+        boot = f"[{_fmt(r.alpha_low)}, {_fmt(r.alpha_high)}]"
+        b = str(r.note).split(";")[0].rpartition("b = ")[2]
+        return (f"{head} c={r.alpha:+.3f} boot {boot} a={r.A:.3g} b={b} d={r.E_inf:.3g} "
+                f"({r.n_fit} frontier pts of {r.n_points})")  # fmt: skip
     ci = f"[{_fmt(r.alpha_low)}, {_fmt(r.alpha_high)}]"
     boot = f"[{_fmt(r.boot_alpha_low)}, {_fmt(r.boot_alpha_high)}]"
     kind = f"{r.n_fit} bins of {r.n_points}" if r.fit_kind == "binned" else f"{r.n_points} pts"
@@ -193,12 +276,18 @@ def learning_points(df: pd.DataFrame, tasks: Sequence[str] | None) -> pd.DataFra
 
 
 def _further(
-    points: pd.DataFrame, predict_at: Sequence[tuple[float, float]]
+    points: pd.DataFrame,
+    predict_at: Sequence[tuple[float, float]],
+    followup: bool = False,
+    n_boot: int = FOLLOWUP_BOOT,
+    holdout_above: float | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Family tests, saturating laws, held-out check and predictions; a failure is reported."""
+    """Family tests, saturating laws, held-out check and predictions (and with ``followup``,
+    the families' crossovers; with ``holdout_above``, the follow-up's held-out check); a
+    failure is reported."""
     extras: dict[str, pd.DataFrame] = {}
     problems: list[str] = []
-    jobs = {
+    jobs: dict[str, Callable[[], pd.DataFrame]] = {
         "family_tests": lambda: extend.family_tests(points),
         "comparison": lambda: extend.saturating_all(points),
         "holdout": lambda: extend.holdout(points),
@@ -207,12 +296,19 @@ def _further(
             ignore_index=True,
         ),
     }
+    if followup and points["family"].nunique() >= 2:
+        jobs["crossovers"] = lambda: extend.crossovers(points, n_boot=n_boot)
+    if holdout_above is not None:
+        jobs["followup_holdout"] = lambda: extend.followup_holdout(points, holdout_above, n_boot)
     for name, job in jobs.items():
         try:
             extras[name] = job()
         except Exception as e:  # one failed extra must not cost the fits and figures
             problems.append(f"{name} failed: {type(e).__name__}: {e}")
             extras[name] = pd.DataFrame()
+    more = extras.pop("followup_holdout", None)
+    if more is not None and not more.empty:
+        extras["holdout"] = pd.concat([extras["holdout"], more], ignore_index=True)
     extras["holdout_summary"] = extend.holdout_summary(extras["holdout"])
     return extras, problems
 
@@ -237,11 +333,16 @@ def analyze(
     predict_at: Sequence[tuple[float, float]] = (),
     title: str = "clipscale: scaling laws",
     problems: Sequence[str] = (),
+    methods: Sequence[str] | None = None,
+    holdout_above: float | None = None,
 ) -> Report:
     """Fit and plot the final rows of ``df`` into ``out``; never raises on bad data.
 
-    ``tasks`` selects targets (``None``: every one in ``df``). ``saturating`` adds the
-    saturating law to ``fits.csv``; ``predict_at`` lists (GMACs per pair, samples seen) to
+    ``tasks`` selects targets (``None``: every one in ``df``). ``methods``: the fit methods of
+    ``fits.csv`` (``analysis.fit.FIT_METHODS`` and ``saturating``; default ``paper``, ``ols``
+    and, unless ``saturating`` is false, ``saturating``). With ``followup`` among them and two
+    families or more, ``crossovers.csv``; ``holdout_above`` (a compute) adds the follow-up's
+    held-out check to ``holdout.csv``. ``predict_at`` lists (GMACs per pair, samples seen) to
     predict every fitted target at. Problems (missing metrics, single points, empty tasks)
     are collected in ``Report.problems`` after the given ``problems`` (those met loading
     ``df``); whatever can still be made is written.
@@ -258,9 +359,13 @@ def analyze(
             return _learning_only(df, out, tasks, title, problems)
         return Report(points, pd.DataFrame(), [], problems)
     points = order_rows(points, order, ["compute"]).reset_index(drop=True)
-    fits, fit_problems = fit_all(points, n_boot=n_boot)
+    chosen = list(methods) if methods is not None else [*METHODS, "saturating"]
+    saturating = saturating and "saturating" in chosen
+    fit_methods = [m for m in chosen if m in FIT_METHODS]
+    fits, fit_problems = fit_all(points, fit_methods, n_boot=n_boot)
     problems += fit_problems
-    extras, extra_problems = _further(points, predict_at)
+    extras, extra_problems = _further(points, predict_at, "followup" in fit_methods,
+                                      min(n_boot, FOLLOWUP_BOOT), holdout_above)  # fmt: skip
     problems += extra_problems
     if saturating and not extras["comparison"].empty:
         fitted = extras["comparison"][extras["comparison"]["alpha"].notna()]
@@ -272,9 +377,12 @@ def analyze(
         atomic_write_text(out / "fits.csv", fits.to_csv(index=False)),
     ]
     files = {"family_tests": "family_tests.csv", "holdout": "holdout.csv",
-             "comparison": "saturating.csv", "predictions": "predictions.csv"}  # fmt: skip
+             "comparison": "saturating.csv", "predictions": "predictions.csv",
+             "crossovers": "crossovers.csv"}  # fmt: skip
     for key, name in files.items():
         if key == "predictions" and not predict_at:
+            continue
+        if key not in extras:
             continue
         if key == "comparison" and not saturating:
             continue
@@ -296,12 +404,10 @@ def analyze(
         except Exception as e:  # learning curves are a view; the fits must still be written
             problems.append(f"learning curves failed: {type(e).__name__}: {e}")
             curves = pd.DataFrame()
-        if curves.empty:
-            problems.append(
-                "no intermediate evaluations (records with final: false), so the learning-curve "
-                "figures are empty: train with train.zeroshot_every=M to record them"
-            )
-        figures, plot_problems = all_figures(points, fits, out, present, curves)
+        figures, plot_problems = all_figures(points, fits, out, present)
+        if not curves.empty:  # a learning-curve figure only for a target that has curves
+            more, more_problems = all_figures(curves, fits, out, present, curves, only=("learning",))
+            figures, plot_problems = figures + more, plot_problems + more_problems
         written += figures
         problems += plot_problems
     if not saturating:

@@ -380,3 +380,18 @@ def test_unknown_task_is_named(tmp_path, capsys):
                "no_such_set", "--bootstrap", "0", "--no-plots"])  # fmt: skip
     assert rc == 0
     assert "task no_such_set: no final results" in capsys.readouterr().out
+
+
+def test_without_intermediate_records_no_learning_figure_is_drawn(tmp_path, capsys):
+    root, out = tmp_path / "runs", tmp_path / "o"
+    for model in MODELS:
+        for samples, seen in SAMPLES.items():
+            acc = 1 - 0.9 * (MODELS[model][2] * seen) ** -0.1
+            write_record(root, record(f"{model}-{samples}", model, "syn4k", samples,
+                                      "wds/synth_shapes", "zeroshot_classification",
+                                      {"acc1": acc}, 48, True))  # fmt: skip
+    rc = main(["--source", "store", "--root", str(root), "--out", str(out), "--bootstrap", "0"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and (out / "scaling_synth_shapes.png").exists()
+    assert not list(out.glob("learning_*")) and "learning" not in printed
+    assert "learning curves" not in (out / "report.html").read_text()
