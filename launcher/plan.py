@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from core import validate
+from core import cost, validate
 from core.errors import ConfigError
 from core.identity import run_id, trunk_id
 from core.schema import Schedule
@@ -95,8 +95,9 @@ class Point:
 
     @cached_property
     def gpu_hours(self) -> float:
-        """Estimated A100-hours: the paper's measured per-GPU throughput where known, else
-        training FLOPs (3 x forward) at 15% of the device's peak, the MFU the paper reached."""
+        """Estimated GPU-hours on the cluster's device (``core.cost``): pairs trained over a
+        measured per-GPU throughput (the paper's A100 jobs, this project's benchmarks), else
+        training FLOPs at an assumed MFU; :attr:`cost_source` names the figure."""
         return self._gpu_hours(self.samples_trained)
 
     @cached_property
@@ -104,12 +105,21 @@ class Point:
         """What the point would cost as its own run from step 0 (0 for a trunk segment)."""
         return 0.0 if self.trunk_until else self._gpu_hours(self.samples_seen)
 
+    @cached_property
+    def _throughput(self) -> cost.Throughput:
+        return cost.throughput(
+            str(self.cfg.model.arch), float(self.cfg.model.gmacs),
+            peak_tflops=float(self.cfg.cluster.gpu_peak_tflops), gpus=self.gpus,
+            local_batch=int(self.cfg.model.local_batch), compiled=bool(self.cfg.train.compile),
+        )  # fmt: skip
+
+    @property
+    def cost_source(self) -> str:
+        """The per-GPU throughput figure that priced :attr:`gpu_hours`, and where it is from."""
+        return self._throughput.source
+
     def _gpu_hours(self, samples: int) -> float:
-        per_gpu = float(self.cfg.model.ref_samples_per_s_per_gpu)
-        if per_gpu > 0:
-            return samples / per_gpu / 3600
-        flops = 3 * 2 * float(self.cfg.model.gmacs) * 1e9 * samples
-        return flops / (0.15 * float(self.cfg.cluster.gpu_peak_tflops) * 1e12) / 3600
+        return self._throughput.hours(samples)
 
     @property
     def where(self) -> str:
@@ -218,7 +228,8 @@ def rows(points: list[Point]) -> list[tuple[str, ...]]:
 
 
 def table(points: list[Point]) -> str:
-    """The plan as a fixed-width table with a totals line."""
+    """The plan as a fixed-width table with a totals line, then the throughput figure that
+    priced each model's GPU-hours."""
     states = {s: sum(p.state == s for p in points) for s in RunState}
     # trained, not seen: a branch's first steps are its trunk's
     total = ("total", f"{len(points)} points", "", fmt_count(sum(p.samples_trained for p in points)),
@@ -230,4 +241,5 @@ def table(points: list[Point]) -> str:
         cosine = sum(p.gpu_hours_cosine for p in points)
         lines.append(f"trunks and branches: {sum(p.gpu_hours for p in points):,.1f} GPU-hours; "
                      f"the same points as cosine runs: {cosine:,.1f}")
-    return "\n".join(lines)
+    sources = dict.fromkeys(f"  {p.cfg.model.name}: {p.cost_source}" for p in points)
+    return "\n".join([*lines, "GPU-hours priced from (core.cost):", *sources])
