@@ -1,0 +1,140 @@
+"""open_clip's training transform fused with decoding: from image bytes to the batch tensor.
+
+:meth:`FusedTransform.of` recognises the train transform ``open_clip.create_model_and_transforms``
+returns with the default augmentation, ``Compose([RandomResizedCrop, MaybeConvertMode("RGB"),
+MaybeToTensor, Normalize])``, and splits it in two: :meth:`FusedTransform.crop` turns one
+sample's bytes into its crop (uint8, H x W x 3, still in PIL's resampling), and
+:meth:`FusedTransform.batch` turns a batch of crops into the normalised float tensor in four
+passes over the whole batch, instead of a ``ToTensor`` and a ``Normalize`` per sample. For any
+other transform it returns None, and the pipeline applies that transform as it is.
+
+What stays identical to ``preprocess(decoded image)``, bit for bit:
+
+- the crop parameters: the same ``RandomResizedCrop.get_params`` draws, from the same torch
+  RNG, in the same order. They depend only on the image's size, which the file's header gives,
+  so they are drawn before the pixels are decoded; an image that then fails to decode puts the
+  RNG state back, as if the draw had not happened (the unfused pipeline skips such a sample
+  before drawing);
+- the pixels of every crop that is decoded at full scale: PIL decodes, converts to RGB, crops and
+  resamples (``F.resized_crop``, as ``RandomResizedCrop.forward``), and the float conversion and
+  normalisation are the same elementwise operations (``/ 255``, ``- mean``, ``/ std``), applied to
+  a batch at once.
+
+What differs, only where ``draft`` is on and the crop is large: a JPEG whose crop is at least
+``2 x`` the model input in both dimensions (a 512 px source for a 224 px model: the crop covers
+90-100 % of the area, so always) is decoded by libjpeg at 1/2, 1/4 or 1/8 scale
+(``Image.draft``), the largest reduction that keeps the crop at or above the model input in both
+dimensions; the crop box is the same fraction of the picture (in the reduced image's
+coordinates, fractional, so it is not shifted by rounding), and bicubic resampling then reduces
+it from the already reduced image. The resampling differs: libjpeg's DCT-domain reduction
+followed by a milder bicubic, and the filter reads up to two pixels past the box edges, where a
+crop first clamps at them. A crop below twice the model input (every 256 px source) is decoded at
+full scale, so its pixels are the unfused ones.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as F
+from open_clip.transform import MaybeConvertMode, MaybeToTensor
+from PIL import Image
+from torchvision.transforms import Compose, Normalize, RandomResizedCrop
+
+REDUCTIONS = (8, 4, 2)
+"""The scales libjpeg decodes at (1/8, 1/4, 1/2), largest reduction first."""
+
+
+@dataclass(frozen=True)
+class FusedTransform:
+    """``RandomResizedCrop`` + ``MaybeConvertMode`` + ``MaybeToTensor`` + ``Normalize``, fused."""
+
+    rrc: RandomResizedCrop
+    mean: torch.Tensor
+    """Normalisation mean, shaped to broadcast over a ``[B, C, H, W]`` batch."""
+    std: torch.Tensor
+    draft: bool = True
+    """Decode a JPEG at reduced scale where its crop stays >= the model input (module doc)."""
+
+    @classmethod
+    def of(cls, preprocess: Any, draft: bool = True) -> FusedTransform | None:
+        """The fused form of ``preprocess``, or None when it is not open_clip's train transform."""
+        if type(preprocess) is not Compose:
+            return None
+        kinds = [type(t) for t in preprocess.transforms]
+        if kinds != [RandomResizedCrop, MaybeConvertMode, MaybeToTensor, Normalize]:
+            return None
+        rrc, convert, _, norm = preprocess.transforms
+        if convert.mode != "RGB":
+            return None
+        mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.as_tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
+        if mean.shape[1] != 3 or std.shape[1] != 3 or bool((std == 0).any()):
+            return None
+        return cls(rrc, mean, std, draft)
+
+    def crop(self, data: bytes) -> np.ndarray:
+        """The random resized crop of the image in ``data``, RGB, ``uint8 [H, W, 3]``."""
+        img: Image.Image = Image.open(io.BytesIO(data))
+        full_w, full_h = img.size
+        state = torch.get_rng_state()
+        top, left, h, w = self.rrc.get_params(img, self.rrc.scale, self.rrc.ratio)
+        out_h, out_w = self.rrc.size
+        try:
+            k = self._reduction(h, w, out_h, out_w) if self.draft else 1
+            if k > 1:
+                img.draft("RGB", (full_w // k, full_h // k))
+            img.load()
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+        except BaseException:
+            torch.set_rng_state(state)  # as if never drawn: this sample is skipped
+            raise
+        if img.size == (full_w, full_h):
+            out = F.resized_crop(
+                img, top, left, h, w, self.rrc.size, self.rrc.interpolation,
+                antialias=self.rrc.antialias,
+            )  # fmt: skip
+        else:
+            sx, sy = img.width / full_w, img.height / full_h
+            box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+            resample = F.pil_modes_mapping[self.rrc.interpolation]
+            out = img.resize((out_w, out_h), resample, box=box)
+        return np.array(out)  # writable: torch.from_numpy warns about read-only arrays
+
+    @staticmethod
+    def _reduction(h: int, w: int, out_h: int, out_w: int) -> int:
+        """The largest JPEG reduction that keeps an ``h x w`` crop >= the output size."""
+        for k in REDUCTIONS:
+            if h >= k * out_h and w >= k * out_w:
+                return k
+        return 1
+
+    def batch(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """``[B, 3, H, W]`` float32: ``ToTensor`` then ``Normalize`` of each crop.
+
+        Each crop is converted while it is in cache, into a tensor that, in a loader worker, is
+        allocated in shared memory (as ``default_collate`` does): handing it to the training
+        process then copies nothing.
+        """
+        h, w, c = crops[0].shape
+        out = _empty((len(crops), c, h, w))
+        mean, std = self.mean[0], self.std[0]
+        for k, crop in enumerate(crops):
+            o = out[k]
+            o.copy_(torch.from_numpy(crop).permute(2, 0, 1))
+            o.div_(255).sub_(mean).div_(std)
+        return out
+
+
+def _empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor, in shared memory when in a DataLoader worker."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    return torch.empty(0).new(storage).view(shape)  # type: ignore[call-overload]
