@@ -377,6 +377,10 @@ def test_scontrol_requeue_preempts_checkpoints_and_resumes(tmp_path: Path, data_
     assert rundir.state(run) == "done", rundir.events(run)[-3:]
     final = torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
     assert final["step"] == 144 and final["resumed_from"] == preempted["step"]
+    # SLURM requeued the job itself: no second requeue request through submitit, whose
+    # failure used to leave a traceback in the job's log
+    logs = list((root / "_slurm" / "submitit").glob(f"{jid.split('_')[0]}*/*_log.err"))
+    assert logs and not any("Traceback" in f.read_text() for f in logs), [str(f) for f in logs]
 
 
 HELD = "+hydra.launcher.additional_parameters.begin=now+3600"

@@ -30,6 +30,7 @@ then exits with status 1.
 """
 
 
+import contextlib
 import logging
 import signal
 import sys
@@ -213,6 +214,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         lock = Lease(self.manifest.with_name(self.manifest.name + ".lock"), "submission",
                      heartbeat_s=self.config.lease.heartbeat_s,
                      stale_after_s=self.config.lease.stale_after_s)
+        made = [p for p in (self.manifest.parent.parent, self.manifest.parent) if not p.exists()]
         try:
             with lock.hold(wait_s=SUBMIT_LOCK_WAIT_S) as takeover:
                 if takeover is not None:
@@ -223,6 +225,10 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
             print(f"error: another submission of this sweep is still running: {e}\n"
                   "nothing was submitted", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        finally:  # a submission that wrote nothing (SLURM unreachable) leaves no folders behind
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
 
     def _launch_locked(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
         from launcher import rundir, slurm
