@@ -35,6 +35,18 @@ By default it prints both the paper's method (its lower envelope; the paper's ow
 OLS over every run, labelled; ``--method paper|ols|followup`` prints one (``followup``: the
 follow-up's law, with the bootstrap interval of the law).
 
+The joint law E(N, S, U) of model size, samples seen and unique data (``analysis.joint``:
+``joint_fit.csv``, ``joint_holdout.csv``, ``joint_loo.csv``, a report section) is fitted with
+``--joint-bootstrap`` resamples: for ``--source paper|both`` by default (``--bootstrap``
+resamples, at most 50; the quick run, ``--bootstrap 0``, leaves it out), for ``--source store``
+when ``--joint-bootstrap`` is given (a store's sweep is often too small for its 7 parameters,
+and ``make demo``'s analysis stays quick); ``--no-joint`` never.
+From it (``analysis.design``), printed or a sweep file:
+
+    python -m analysis optimal --budget-gpu-hours 1e5 --task imagenet1k --source paper
+    python -m analysis design --budget-gpu-hours 2e5 --model vit_b32,vit_b16,vit_l14 \
+        --data laion400m,laion2b --name planned
+
 Exit status 0 when something was written (problems are still printed), 1 when nothing could be.
 """
 
@@ -46,8 +58,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from analysis.design import design_main, optimal_main
 from analysis.extend import predict
 from analysis.fit import FIT_METHODS, error_points, task_name
+from analysis.joint import JOINT_BOOT
 from analysis.load import PAPER_DEFAULT_TASKS, load
 from analysis.report import FAMILY_ORDER, analyze
 
@@ -105,6 +119,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="COMPUTE",
         help="the follow-up's held-out check: fit its law at or below this compute, predict above",
     )
+    p.add_argument("--joint-bootstrap", type=int, default=None, metavar="N",
+                   help="fit the joint law E(N, S, U) with N bootstrap resamples (default for "
+                   f"--source paper|both: --bootstrap, at most {JOINT_BOOT}, none with "
+                   "--bootstrap 0; --source store: only when given)")  # fmt: skip
+    p.add_argument("--no-joint", action="store_true", help="leave out the joint law E(N, S, U)")
     p.add_argument(
         "--predict",
         nargs=2,
@@ -172,7 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["predict"]:
         return predict_main(argv[1:])
+    if argv[:1] in (["optimal"], ["design"]):
+        return (optimal_main if argv[0] == "optimal" else design_main)(argv[1:])
     args = parse_args(argv)
+    joint_boot = args.joint_bootstrap
+    if joint_boot is None and args.bootstrap > 0 and args.source != "store":
+        joint_boot = min(args.bootstrap, JOINT_BOOT)
     df, problems = load(args.source, args.root)
     tasks = args.tasks or default_tasks(args.source, df)
     try:
@@ -181,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             saturating=not args.no_saturating, predict_at=[tuple(p) for p in args.predict],
             title=f"clipscale scaling laws: {args.source} results", problems=problems,
             methods=args.methods, holdout_above=args.holdout_above,
+            joint_boot=None if args.no_joint else joint_boot,
         )  # fmt: skip
     except OSError as e:  # an unwritable --out, a full disk
         print(f"error: cannot write to {args.out}: {e}", file=sys.stderr)

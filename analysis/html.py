@@ -131,6 +131,32 @@ FIT_SHOWN = ("task", "metric", "family", "method", "fit_kind", "alpha", "alpha 9
              "bootstrap 95%", "A", "E_inf", "n_points", "n_fit", "r2", "note")  # fmt: skip
 
 
+def joint_section(extras: dict[str, pd.DataFrame]) -> list[str]:
+    """The joint law's tables (``analysis.joint``); its figures are in each task's section."""
+    return [
+        '<h2 id="joint">Joint law E(N, S, U)</h2>',
+        "<p class='small'>Every run, not the envelope: N = forward GMACs per pair, S = samples "
+        "seen, U = unique pairs; S<sub>eff</sub> = min(S, U) + U R*(1 &minus; "
+        "e<sup>&minus;(S/U &minus; 1)/R*</sup>) discounts repeated epochs (Muennighoff et al. "
+        "2023). Huber loss of log error summed, L-BFGS from variable-projection starts, "
+        "bootstrap intervals. <b>held out</b>: fit on the smaller models, predict the largest "
+        "(beside the paper method's error on the same runs); <b>LOO</b>: each run predicted "
+        "by the law fit on the others; <b>bottleneck</b>: does the law's gain from the last "
+        "samples step on LAION-400M stay under half that on LAION-2B, as measured?</p>",
+        table(extras.get("joint_summary", pd.DataFrame()), digits=4,
+              empty="(no family with enough runs over 2 model sizes and samples values)"),
+        "<details><summary>parameters (joint_fit.csv)</summary>",
+        table(extras.get("joint_fit", pd.DataFrame()),
+              ("task", "metric", "family", "form", "parameter", "value", "low", "high",
+               "n_runs", "loss", "converged", "n_agree", "n_starts", "n_boot", "note"),
+              digits=4),
+        "</details><details><summary>bottleneck: gain of the last samples step per model and "
+        "data (joint_bottleneck.csv)</summary>",
+        table(extras.get("joint_bottleneck", pd.DataFrame()), digits=4),
+        "</details>",
+    ]  # fmt: skip
+
+
 def render(
     out: Path,
     title: str,
@@ -154,7 +180,8 @@ def render(
         f"samples seen, E = 1 &minus; metric. Written {now}.</p>",
         "<nav>" + "".join(
             f'<a href="#{slug(t)}">{html.escape(TASK_TITLES.get(t, t))}</a>' for t in tasks
-        ) + '<a href="#fits">fits</a><a href="#further">further</a></nav>',
+        ) + '<a href="#fits">fits</a><a href="#further">further</a>'
+        + ('<a href="#joint">joint law</a>' if "joint_summary" in extras else "") + "</nav>",
     ]  # fmt: skip
     parts.append("<h2>Problems</h2>")
     if problems:
@@ -223,12 +250,16 @@ def render(
         parts.append(table(cross, ("task", "metric", "family_a", "family_b", "crossover",
                                    "crossover_low", "crossover_high", "boot_share",
                                    "error_at_crossover", "note")))  # fmt: skip
+    if "joint_summary" in extras:
+        parts += joint_section(extras)
     for task in tasks:
         name = TASK_TITLES.get(task, task)
         parts.append(f'<h2 id="{slug(task)}">{html.escape(name)} '
                      f'<span class="small">({html.escape(task)})</span></h2>')  # fmt: skip
         for stem, alt in (("scaling", "error vs compute"), ("bottleneck", "error vs samples seen"),
-                          ("learning", "learning curves")):  # fmt: skip
+                          ("learning", "learning curves"),
+                          ("joint", "joint law: measured against predicted"),
+                          ("optimal", "joint law: compute-optimal N and S")):  # fmt: skip
             name_png = f"{stem}_{slug(task)}.png"
             if name_png in figs:
                 parts.append(f"<h3>{alt}</h3>" + _img(out / name_png, f"{name}: {alt}"))

@@ -264,3 +264,77 @@ def all_figures(
                 plt.close("all")
                 problems.append(f"task {task}: {what} figure failed: {type(e).__name__}: {e}")
     return paths, problems
+
+
+def joint_figure(loo: pd.DataFrame, holdout: pd.DataFrame, task: str, out: Path) -> list[Path]:
+    """The joint law (``analysis.joint``), measured against predicted error: a panel per form,
+    leave-one-out predictions of every run (hue: data, style: model) and the held-out models'
+    predictions (black, with their 95 % bootstrap prediction intervals) beside the paper
+    method's (grey crosses)."""
+    lo = loo[loo["task"] == task] if not loo.empty else loo
+    ho = holdout[holdout["task"] == task] if not holdout.empty else holdout
+    forms = list(dict.fromkeys([*lo.get("form", []), *ho.get("form", [])]))
+    fig, axes = plt.subplots(1, max(len(forms), 1), figsize=(4.8 * max(len(forms), 1), 4.4),
+                             squeeze=False)  # fmt: skip
+    shown = pd.concat([lo, ho]) if not ho.empty else lo
+    data_order, model_order = _orders(shown) if not shown.empty else ([], [])
+    for i, (ax, form) in enumerate(zip(axes[0], forms, strict=False)):
+        sub = lo[lo["form"] == form].rename(columns={"data_label": "Data", "model_label": "Model"})
+        if not sub.empty:
+            sns.scatterplot(data=sub, x="error", y="predicted", hue="Data", hue_order=data_order,
+                            style="Model", style_order=model_order, s=55, ax=ax,
+                            legend="full" if i == len(forms) - 1 else False)  # fmt: skip
+        h = ho[ho["form"] == form]
+        if not h.empty:
+            err = np.vstack([h["predicted"] - h["pi_low"], h["pi_high"] - h["predicted"]])
+            ax.errorbar(h["error"], h["predicted"], yerr=np.where(np.isfinite(err), err, 0),
+                        fmt="D", color="black", ms=7, capsize=3,
+                        label="held out: " + ", ".join(dict.fromkeys(h["heldout_model"])))  # fmt: skip
+            ax.scatter(h["error"], h["paper_predicted"], marker="x", color="gray", s=60,
+                       label="paper method, held out", zorder=3)  # fmt: skip
+        lims = [v for v in (*shown.get("error", []), *shown.get("predicted", [])) if np.isfinite(v)]
+        if lims:
+            a, b = min(lims) * 0.95, max(lims) * 1.05
+            ax.plot([a, b], [a, b], color="gray", linewidth=1, linestyle=":")
+            ax.set_xlim(a, b)
+            ax.set_ylim(a, b)
+        ax.set_xlabel("measured error")
+        ax.set_ylabel("predicted error (leave-one-out; held-out fit)")
+        ax.set_title(f"{TASK_TITLES.get(task, task)}: {form}", fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        keep = [(hd, lb) for hd, lb in zip(handles, labels, strict=True) if "held out" in lb]
+        if keep and i < len(forms) - 1:
+            ax.legend(*zip(*keep, strict=True), fontsize="small", loc="upper left")
+    if forms:
+        sns.move_legend(axes[0, -1], "center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    fig.tight_layout()
+    return _save(fig, out, f"joint_{slug(task)}")
+
+
+def optimal_figure(front: pd.DataFrame, runs: pd.DataFrame, task: str, out: Path) -> list[Path]:
+    """Compute-optimal N and S against compute (``analysis.design.frontier``): a line per law
+    with its bootstrap band; the paper's (or the store's) runs drawn in, hue: data."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    data_order, model_order = _orders(runs)
+    pts = runs.rename(columns={"data_label": "Data", "model_label": "Model"})
+    for ax, (col, what) in zip(axes, (("N", "model size N (GMACs per pair)"),
+                                      ("S", "samples seen S")), strict=True):  # fmt: skip
+        for (form, data), f in front.groupby(["form", "data"], sort=False):
+            f = f.sort_values("compute")
+            (line,) = ax.plot(f["compute"], f[f"{col}_opt"], linewidth=1.8,
+                              label=f"{form} law, optimum on {data}")  # fmt: skip
+            ax.fill_between(f["compute"], f[f"{col}_low"], f[f"{col}_high"], alpha=0.15,
+                            color=line.get_color())  # fmt: skip
+        y = "gmacs" if col == "N" else "samples_seen"
+        sns.scatterplot(data=pts, x="compute", y=y, hue="Data", hue_order=data_order,
+                        style="Model", style_order=model_order, s=50, ax=ax,
+                        legend="full" if col == "S" else False)  # fmt: skip
+        _log_axes(ax)
+        ax.set_xlabel("compute (GMACs)")
+        ax.set_ylabel(what)
+        ax.set_title(f"{TASK_TITLES.get(task, task)}: compute-optimal {col}", fontsize="medium")
+    axes[0].legend(fontsize="small", loc="upper left")
+    sns.move_legend(axes[1], "center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    fig.tight_layout()
+    return _save(fig, out, f"optimal_{slug(task)}")

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import extend
+from analysis.design import joint_section
 from analysis.fit import FIT_COLUMNS, FIT_METHODS, FOLLOWUP_BOOT, METHODS, error_points, fit_all
 from analysis.html import render
 from analysis.load import size_of
@@ -70,6 +71,7 @@ class Report:
             "predictions", "predictions (95% prediction interval of the error):", _pred_line
         )
         lines += self._section("crossovers", CROSSOVER_TITLE, _crossover_line)
+        lines += self._section("joint_summary", JOINT_TITLE, _joint_line)
         if self.problems:
             lines.append("problems:")
             lines += [f"  - {p}" for p in self.problems]
@@ -128,6 +130,14 @@ class Report:
 
 
 CROSSOVER_TITLE = "where two families' followup laws cross (95% bootstrap interval):"
+JOINT_TITLE = ("joint law E(N, S, U) (analysis.joint; joint_*.csv): held-out models' mean "
+               "|rel. error| (the paper method's), leave-one-out, bottleneck:")
+
+
+def _joint_line(r) -> str:
+    return (f"  {r.task:<20} {r.metric:<25} {r.family:<10} {r.form:<10} {r.heldout}: "
+            f"{100 * r.holdout_mean_abs_rel:.2f}% ({100 * r.paper_holdout_mean_abs_rel:.2f}%), "
+            f"LOO {100 * r.loo_mean_abs_rel:.2f}%, bottleneck {r.bottleneck or 'n/a'}")
 
 
 def _test_line(r) -> str:
@@ -335,6 +345,7 @@ def analyze(
     problems: Sequence[str] = (),
     methods: Sequence[str] | None = None,
     holdout_above: float | None = None,
+    joint_boot: int | None = None,
 ) -> Report:
     """Fit and plot the final rows of ``df`` into ``out``; never raises on bad data.
 
@@ -345,7 +356,8 @@ def analyze(
     held-out check to ``holdout.csv``. ``predict_at`` lists (GMACs per pair, samples seen) to
     predict every fitted target at. Problems (missing metrics, single points, empty tasks)
     are collected in ``Report.problems`` after the given ``problems`` (those met loading
-    ``df``); whatever can still be made is written.
+    ``df``); whatever can still be made is written. ``joint_boot`` (bootstrap resamples) adds
+    the joint law E(N, S, U) (``analysis.design.joint_section``: ``joint_*.csv``, figures).
     """
     out = Path(out)
     points, point_problems = error_points(df, tasks)
@@ -410,6 +422,18 @@ def analyze(
             figures, plot_problems = figures + more, plot_problems + more_problems
         written += figures
         problems += plot_problems
+    if joint_boot is not None:
+        try:
+            held = extras["holdout"]
+            paper_held = held[held["method"] == "paper"] if not held.empty else held
+            joint_extras, joint_files, joint_figures, joint_problems = joint_section(
+                points, out, joint_boot, plots, paper_holdout=paper_held)
+            extras.update(joint_extras)
+            written += joint_files
+            figures += joint_figures
+            problems += joint_problems
+        except Exception as e:  # the joint law is an extra: the fits and figures stand
+            problems.append(f"joint law failed: {type(e).__name__}: {e}")
     if not saturating:
         extras.pop("comparison", None)
     report = Report(points, fits, written, problems, extras)

@@ -43,9 +43,11 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+import numpy as np
 import yaml
 
 from core.reference import ARCH_INFO_CSV, TRAINED_MODELS_CSV
+from core.schema import ClusterConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARK_DIR = ROOT / "benchmarks" / "results"
@@ -53,6 +55,9 @@ CONF_DIR = ROOT / "conf"
 
 GPU_BENCHMARKS = {False: "gpu_throughput.json", True: "gpu_throughput_compile.json"}
 CPU_BENCHMARK = "train_throughput_cpu.json"
+GPU_PEAK_TFLOPS = float(ClusterConfig.gpu_peak_tflops)
+CPU_PEAK_TFLOPS = float(ClusterConfig.cpu_peak_tflops)
+"""The schema's defaults (``cluster.gpu_peak_tflops``: an A100; ``cluster.cpu_peak_tflops``)."""
 DEVICES = {312.0: "A100", 989.0: "H200"}
 """Peak bf16 TFLOP/s -> device name, for the devices that have measured figures."""
 ASSUMED_MFU = 0.15
@@ -222,6 +227,33 @@ def throughput(
             return _paper(arch, gpus, local_batch) or measured[arch]
         return measured[arch]
     return _borrowed(arch, gmacs, peak_tflops, device, measured)
+
+
+def mfu_curve(peak_tflops: float = 312.0, compiled: bool = False,
+              cpu: bool = False) -> list[tuple[str, float, float]]:  # fmt: skip
+    """(arch, GMACs, MFU) of every arch measured on the device, smallest first."""
+    device = "cpu" if cpu else device_name(peak_tflops)
+    out = [(a, g, t.mfu(g, peak_tflops)) for a, t in _measured(device, compiled).items()
+           if (g := arch_gmacs(a))]  # fmt: skip
+    return sorted(out, key=lambda r: r[1])
+
+
+def throughput_at(
+    gmacs: float, peak_tflops: float = 312.0, compiled: bool = False, cpu: bool = False
+) -> Throughput:
+    """Samples/s of a model of any size (no arch): training FLOPs at the MFU interpolated in
+    log GMACs between the archs measured on the device (constant beyond the smallest and the
+    largest), else at :data:`ASSUMED_MFU`. For compute-optimal allocations over a continuum of
+    model sizes; a grid point of a known arch is priced by :func:`throughput`."""
+    curve = mfu_curve(peak_tflops, compiled, cpu)
+    device = "cpu" if cpu else device_name(peak_tflops)
+    if not curve:
+        return _assumed(gmacs, peak_tflops, device, ASSUMED_MFU, f"{ASSUMED_MFU:.0%} MFU (assumed)")
+    xs = [math.log(g) for _, g, _ in curve]
+    mfu = float(np.interp(math.log(gmacs), xs, [m for _, _, m in curve]))
+    span = f"{curve[0][0]} {curve[0][2]:.1%} .. {curve[-1][0]} {curve[-1][2]:.1%}"
+    return _assumed(gmacs, peak_tflops, device, mfu,
+                    f"{mfu:.1%} MFU (interpolated between the archs measured on {device}: {span})")
 
 
 def device_hours(
