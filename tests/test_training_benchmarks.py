@@ -1,5 +1,6 @@
 """The benchmark scripts' CPU paths run (the GPU one is meant for a lent H100/H200): GPU
-throughput's dry run, training and loader throughput in their smallest settings."""
+throughput's dry run, training and loader throughput, and the loader per core against
+open_clip_train's (``--quick``), in their smallest settings."""
 
 from __future__ import annotations
 
@@ -64,3 +65,17 @@ def test_loader_throughput_benchmark_runs(tmp_path: Path):
     assert json.loads(out.read_text()) == result
     assert result["image_size"] == 224 and result["workers"] == [0]
     assert result["samples_per_s"][0] > 0 and result["samples_per_s_per_worker"][0] > 0
+
+
+def test_loader_per_core_quick_mode_writes_both_sizes(tmp_path: Path):
+    import loader_per_core
+
+    out = tmp_path / "per_core.json"
+    result = loader_per_core.main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    for size in ("256", "512"):
+        entry = result[size]
+        assert entry["ours"] > 0 and entry["open_clip_train"] > 0
+        assert entry["ratio"] == round(entry["ours"] / entry["open_clip_train"], 3)
+        assert [len(entry["rounds"][k]) for k in ("ours", "open_clip_train")] == [1, 1]
+    assert result["model_input"] == 224 and result["load_average"]["after"]

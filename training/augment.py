@@ -29,8 +29,9 @@ pixel grid (by at most half a reduced pixel: one source pixel at 1/2), and it is
 torch's uint8 antialiased kernel (``interpolate(..., antialias=True)``: PIL's filter, rounded
 within 2/255 of PIL's result, 2.4x as fast), so the pixels are those of a different resampling:
 libjpeg's DCT-domain reduction, then a milder bicubic (mean absolute difference on 512 px
-photo-like pictures: 1.4/255, 99th percentile 9/255, the largest at sharp edges). A crop below twice the model input (every 256 px source) is decoded at full
-scale and its pixels are the unfused ones. ``draft=False`` gives the unfused pixels everywhere.
+photo-like pictures: 1.4/255, 99th percentile 9/255, the largest at sharp edges). A crop below
+twice the model input (every 256 px source) is decoded at full scale and its pixels are the
+unfused ones. ``draft=False`` gives the unfused pixels everywhere.
 """
 
 from __future__ import annotations
