@@ -10,6 +10,7 @@ SWEEP ?= demo
 SOURCE ?= store
 OUT ?= reports/$(if $(filter paper,$(SOURCE)),paper,$(SWEEP))
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 export TQDM_DISABLE ?= 1
 
 .DEFAULT_GOAL := help
@@ -52,8 +53,8 @@ analyze: venv ## Fit and plot scaling laws: make analyze SOURCE=store|paper|both
 
 PACKAGES := core synthetic training store evaluation analysis launcher hydra_plugins/clipscale_launcher hydra_plugins/clipscale_sweeper
 
-test: venv ## Run the whole test suite (what CI runs, after lint)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: venv ## Run the whole test suite (what CI runs, after lint): SLURM tests on one worker, the rest beside
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 test-fast: venv ## The edit loop: unit tests only (no end-to-end runs, no SLURM cluster), stop at the first failure
 	$(PY) -m pytest -q -x -m "not slow and not slurm" $(PYTEST_ARGS)

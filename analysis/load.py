@@ -47,7 +47,8 @@ METRIC_COLUMNS = (
 _HEAD = CSV_COLUMNS[: CSV_COLUMNS.index("acc1")]
 _TAIL = CSV_COLUMNS[CSV_COLUMNS.index("mean_average_precision") + 1 :]
 REFERENCE_COLUMNS = (*_HEAD, *METRIC_COLUMNS, *_TAIL)
-EXTRA_COLUMNS = ("family", "model_label", "data_label", "run_id", "step", "final", "source")
+EXTRA_COLUMNS = ("family", "schedule", "model_label", "data_label", "run_id", "step", "final",
+                 "source")
 COLUMNS = REFERENCE_COLUMNS + EXTRA_COLUMNS
 
 
@@ -55,6 +56,7 @@ def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
     """The published results, one row per (model, downstream dataset), every row final."""
     df = pd.read_csv(path)
     df["family"] = np.where(df["upstream_dataset"] == "CLIP-WIT", "openai", "openclip")
+    df["schedule"] = "cosine"
     df["model_label"] = df["arch"].map(model_label)
     df["data_label"] = df["upstream_dataset"]
     df["run_id"] = df["name"]
@@ -97,7 +99,8 @@ def reference_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "task": rec.get("task"),
             "samples_seen_pretty": rec.get("samples"),
             "name": rec.get("run_id"),
-            "family": rec.get("family") or "adhoc",
+            "family": family_of(rec),
+            "schedule": rec.get("schedule") or "cosine",
             "model_label": rec.get("model_label") or rec.get("model_name") or arch,
             "data_label": rec.get("data_label") or rec.get("data"),
             "run_id": rec.get("run_id"),
@@ -116,6 +119,15 @@ def reference_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     df = df.sort_values("created", na_position="first", kind="stable")
     df = df.drop_duplicates(["run_id", "step", "downstream_dataset", "task"], keep="last")
     return _conform(df)
+
+
+def family_of(rec: dict[str, Any]) -> str:
+    """A record's family: its sweep (or ``adhoc``), split by learning-rate schedule, so cooled
+    trunk branches (``demo:const_cooldown``) never enter a cosine fit (``demo``) silently; they
+    are fitted and drawn side by side. Records from before ``schedule`` existed are cosine."""
+    family = rec.get("family") or "adhoc"
+    schedule = rec.get("schedule") or "cosine"
+    return family if schedule == "cosine" or family.endswith(f":{schedule}") else f"{family}:{schedule}"
 
 
 def _dataset_name(dataset: Any) -> Any:

@@ -16,7 +16,7 @@ import pytest
 from analysis import error_points, fit_all, fit_one, load_paper, reference_frame
 from analysis.__main__ import main
 from analysis.fit import binned_points
-from analysis.load import REFERENCE_COLUMNS
+from analysis.load import REFERENCE_COLUMNS, load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -395,3 +395,23 @@ def test_without_intermediate_records_no_learning_figure_is_drawn(tmp_path, caps
     assert rc == 0 and (out / "scaling_synth_shapes.png").exists()
     assert not list(out.glob("learning_*")) and "learning" not in printed
     assert "learning curves" not in (out / "report.html").read_text()
+
+
+def test_cooled_trunk_branches_are_a_family_of_their_own(tmp_path):
+    """Records carry their schedule: const_cooldown branches are fitted as ``demo:const_cooldown``
+    beside the cosine ``demo`` points, never mixed into one fit."""
+    root = tmp_path / "runs"
+    fake_sweep(root)
+    for path in list(root.rglob("*.json")):  # the same grid once more, as cooled branches
+        rec = json.loads(path.read_text())
+        cooled = {**rec, "run_id": rec["run_id"] + "-cd", "schedule": "const_cooldown",
+                  "trunk_id": "trunk-" + rec["model_name"]}  # fmt: skip
+        write_record(root, cooled)
+    df, problems = load("store", root)
+    assert not problems
+    assert df.groupby("family")["schedule"].unique().map(list).to_dict() == {
+        "demo": ["cosine"], "demo:const_cooldown": ["const_cooldown"]}
+    points, _ = error_points(df, ["synth_shapes"])
+    fits, _ = fit_all(points, methods=("ols",), n_boot=50)
+    assert set(fits["family"]) == {"demo", "demo:const_cooldown"}
+    assert (fits["n_points"] == 12).all()
