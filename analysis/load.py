@@ -121,7 +121,7 @@ def reference_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return _conform(df)
 
 
-def family_of(rec: dict[str, Any]) -> str:
+def family_of(rec: Mapping[str, Any]) -> str:
     """A record's family: its sweep (or ``adhoc``), split by learning-rate schedule, so cooled
     trunk branches (``demo:const_cooldown``) never enter a cosine fit (``demo``) silently; they
     are fitted and drawn side by side. Records from before ``schedule`` existed are cosine."""
