@@ -129,6 +129,14 @@ def point_jobs(path: Path, evs: list[dict[str, Any]] | None = None) -> dict[str,
     return jobs
 
 
+def segment_jobs(evs: list[dict[str, Any]]) -> dict[int, str]:
+    """A trunk's segments' jobs, from its status log: the step a segment trains the trunk to
+    -> the job of its latest submission (every segment of a trunk shares its folder, so each
+    ``submitted`` event names its ``trunk_until``)."""
+    return {int(e["trunk_until"]): str(e["job_id"]) for e in evs
+            if e.get("event") == Event.SUBMITTED and e.get("trunk_until") and e.get("job_id")}
+
+
 def job_info(path: Path, evs: list[dict[str, Any]] | None = None) -> tuple[str | None, str | None, str | None]:
     """(job id that owns the run folder now, its stage ``train``/``eval``, the status log's last
     event). The training job owns it until training has finished, then the evaluation job."""

@@ -148,17 +148,23 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
         return executor
 
-    def _eval_executor(self, after: str | None) -> Any:
+    def _eval_executor(self, after: str | None, kind: str = "aftercorr") -> Any:
         """One node, one task (one GPU where the training jobs have GPUs), the evaluation time
-        limit; ``after``: the training array whose task i this array's task i waits for."""
+        limit; ``after``: the training array whose task i this array's task i waits for
+        (``kind="afterok"``: the one training job this job waits for)."""
         extra: dict[str, Any] = {"tasks_per_node": 1, "timeout_min": self._eval_timeout_min}
         if self.params.get("gpus_per_node"):
             extra["gpus_per_node"] = 1
-        if after:
-            extra["additional_parameters"] = {**(self.params.get("additional_parameters") or {}),
-                                              "dependency": f"aftercorr:{after}",
-                                              "kill_on_invalid_dep": "yes"}
-        return self._executor(1, **extra)
+        return self._executor(1, **extra, **self._depends(after, kind))
+
+    def _depends(self, after: str | None, kind: str = "afterok") -> dict[str, Any]:
+        """sbatch's ``--dependency=<kind>:<after>`` and ``--kill-on-invalid-dep=yes`` (a job
+        whose dependency can never be met, its training failed or was cancelled, is dropped)."""
+        if not after:
+            return {}
+        return {"additional_parameters": {**(self.params.get("additional_parameters") or {}),
+                                          "dependency": f"{kind}:{after}",
+                                          "kill_on_invalid_dep": "yes"}}
 
     def _submit(self, executor: Any, members: list[tuple[int, list[str], Any]],
                 stage: str) -> tuple[list[Any] | None, str | None]:
@@ -203,6 +209,54 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
             entries[point.run_id] = {"overrides": ov, **fields, "submitted": now,
                                      "run_dir": str(path)}
 
+    def _submit_graph(self, jobs: list[Any], index: dict[str, int], entries: dict[str, dict[str, Any]],
+                      refused: list[str]) -> list[str]:
+        """Submit the trunk segments and branches (``launcher.graph``), one job each, in order:
+        each after the job it depends on (``afterok``, ``--kill-on-invalid-dep=yes``), a branch
+        with evaluation datasets followed by its evaluation job (``afterok`` on the branch).
+        Returns one line per job for the summary."""
+        from launcher import rundir
+
+        ids: dict[str, str] = {}  # key -> job id, of this submission
+        lines = []
+        for job in jobs:
+            point, member = job.point, [(index[job.key], list(job.point.overrides), job.point)]
+            after = ids.get(job.after) if job.after else job.after_job
+            if job.after and after is None:
+                refused.append(f"{job.key} [{' '.join(point.overrides)}]: not submitted: it "
+                               f"waits for {job.after}, which was not submitted")
+                continue
+            submitted, error = self._submit(self._executor(point.nodes, **self._depends(after)),
+                                            member, job.stage)
+            if submitted is None:
+                refused.append(_refusal(f"{job.key} job, nodes={point.nodes}", error, member))
+                continue
+            jid = ids[job.key] = submitted[0].job_id
+            eval_id = None
+            if job.with_eval:
+                evals, error = self._submit(self._eval_executor(jid, "afterok"), member, "eval")
+                if evals is None:
+                    refused.append(_refusal(f"evaluation job after {jid} (training submitted; a "
+                                            "relaunch submits the evaluation alone once it is "
+                                            "trained)", error, member))
+                else:
+                    eval_id = evals[0].job_id
+            role = ({"trunk_until": point.trunk_until, "start": point.start} if point.trunk_until
+                    else {"trunk": job.trunk, "fork_step": point.start})
+            fields = {"job_id": jid, "stage": job.stage, "nodes": point.nodes,
+                      "eval_job_id": eval_id, "after": after, **role}
+            point.run_dir.mkdir(parents=True, exist_ok=True)
+            rundir.log_event(point.run_dir, Event.SUBMITTED, **fields, manifest=str(self.manifest))
+            entries[job.key] = {"overrides": list(point.overrides), **fields,
+                                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "run_dir": str(point.run_dir)}
+            what = (f"segment {point.start}->{point.trunk_until}" if point.trunk_until
+                    else f"branch {point.start}->{point.total_steps}")
+            lines.append(f"  {job.key}: {what}, job {jid}"
+                         + (f" after {after}" if after else "")
+                         + (f", evaluation job {eval_id}" if eval_id else ""))
+        return lines
+
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
         """Submit the points under the sweep manifest's lock: two concurrent submissions of one
         sweep read the queue one after the other, so no point is submitted twice."""
@@ -231,7 +285,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
                     folder.rmdir()  # only when empty
 
     def _launch_locked(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from launcher import rundir, slurm
+        from launcher import graph, rundir, slurm
         from launcher.plan import make_point
 
         assert self.config is not None and self.hydra_context is not None
@@ -246,45 +300,72 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         groups: dict[tuple[str, int], list[tuple[int, list[str], Any]]] = defaultdict(list)
         policy = RelaunchPolicy.from_config(self.config)
         active = []
+        items: list[tuple[Any, Action]] = []
+        index: dict[str, int] = {}
+        queued_segments: dict[str, str] = {}  # segment key -> the job SLURM holds of it
+        logs: dict[Path, list[dict[str, Any]]] = {}  # a trunk's log, read once for its segments
         for i, ov in enumerate(job_overrides):
             ov = list(ov)
             point = self._plan.get(tuple(ov)) or make_point(
                 ov, self.hydra_context.config_loader.load_sweep_config(self.config, ov))
-            evs = rundir.events(point.run_dir)
-            queued = [j for j in slurm.point_jobs(point.run_dir, evs).values() if j in squeue]
-            has_eval = len(point.cfg.eval.datasets) > 0
-            action = policy.decide(point.state, queued=bool(queued), has_eval=has_eval,
-                                   trained=rundir.training_finished(point.run_dir, evs))
-            if action == Action.SKIP:
+            evs = logs.setdefault(point.run_dir, rundir.events(point.run_dir))
+            key = graph.point_key(point)
+            index[key] = initial_job_idx + i
+            if point.trunk_until:
+                job = slurm.segment_jobs(evs).get(point.trunk_until)
+                queued = [job] if job in squeue else []
+                has_eval, trained = False, False
                 if queued:
-                    active.append(f"{point.run_id} (job {', '.join(f'{j} {squeue[j].lower()}' for j in queued)})")
-                continue
-            if action == Action.EVALUATE:
-                key = ("eval", 1)
-            elif has_eval and self._separate_eval:
-                key = ("train", point.nodes)
+                    queued_segments[key] = queued[0]
             else:
-                key = ("all", point.nodes)
-            groups[key].append((initial_job_idx + i, ov, point))
+                queued = [j for j in slurm.point_jobs(point.run_dir, evs).values() if j in squeue]
+                has_eval = len(point.cfg.eval.datasets) > 0
+                trained = rundir.training_finished(point.run_dir, evs)
+            action = policy.decide(point.state, queued=bool(queued), has_eval=has_eval, trained=trained)
+            if action == Action.SKIP and queued:
+                active.append(f"{key} (job {', '.join(f'{j} {squeue[j].lower()}' for j in queued)})")
+            items.append((point, action))
+
+        plan = graph.build(items, queued_segments, self._separate_eval)
+        for point, action in plan.plain:
+            has_eval = len(point.cfg.eval.datasets) > 0
+            if action == Action.EVALUATE:
+                group = ("eval", 1)
+            elif has_eval and self._separate_eval:
+                group = ("train", point.nodes)
+            else:
+                group = ("all", point.nodes)
+            groups[group].append((index[graph.point_key(point)], list(point.overrides), point))
 
         entries: dict[str, dict[str, Any]] = {}
         refused: list[str] = []
         # sbatch refuses an array index >= MaxArraySize: larger groups go in several arrays
         chunk = slurm.max_array_size() if groups else 1
-        for (stage, nodes), group in sorted(groups.items()):
-            for idx, ov, _ in group:
+        for (stage, nodes), grouped in sorted(groups.items()):
+            for idx, ov, _ in grouped:
                 log.info("\t#%d : %s", idx, " ".join(filter_overrides(ov)))
-            for start in range(0, len(group), chunk):
-                members = group[start:start + chunk]
+            for start in range(0, len(grouped), chunk):
+                members = grouped[start:start + chunk]
                 self._submit_chunk(stage, nodes, members, entries, refused)
 
-        if entries:
-            slurm.update_manifest(self.manifest, entries)
+        trunk_entries: dict[str, dict[str, Any]] = {}
+        trunk_lines = self._submit_graph(plan.jobs, index, trunk_entries, refused)
+        if entries or trunk_entries:
+            slurm.update_manifest(self.manifest, {**entries, **trunk_entries})
         arrays = {e[k].split("_")[0] for e in entries.values() for k in ("job_id", "eval_job_id") if e[k]}
         n_eval = sum(e["eval_job_id"] is not None or e["stage"] == "eval" for e in entries.values())
-        print(f"submitted {len(entries)} point(s) in {len(arrays)} array job(s) "
-              f"({n_eval} with an evaluation job); "
-              f"{len(active)} already queued or running, not resubmitted", flush=True)
+        if entries or not trunk_entries:
+            print(f"submitted {len(entries)} point(s) in {len(arrays)} array job(s) "
+                  f"({n_eval} with an evaluation job); "
+                  f"{len(active)} already queued or running, not resubmitted", flush=True)
+        if trunk_entries:
+            n_seg = sum("trunk_until" in e for e in trunk_entries.values())
+            print(f"submitted {n_seg} trunk segment(s) and {len(trunk_entries) - n_seg} branch(es), "
+                  "one job each, each after the job it forks from or extends (afterok); "
+                  f"{len(active)} already queued or running, not resubmitted", flush=True)
+            for line in trunk_lines:
+                print(line, flush=True)
+        entries = {**entries, **trunk_entries}
         for line in active:
             print(f"  queued: {line}", flush=True)
         if entries:
