@@ -11,6 +11,7 @@ import copy
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
@@ -154,19 +155,21 @@ def branch_fork(cfg: DictConfig) -> int:
     return fork_step(validate.steps(cfg).total_steps, float(cfg.train.cooldown_fraction))
 
 
-def trunk_progress(trunk_dir: Path) -> int:
-    """The step the trunk has been trained to: its newest ``trained`` event's (0: none)."""
-    done = [int(e.get("step", 0)) for e in rundir.events(trunk_dir) if e.get("event") == Event.TRAINED]
-    return max(done, default=0)
+def trunk_progress(trunk_dir: Path, evs: list[dict[str, Any]] | None = None) -> int:
+    """The step the trunk has been trained to: its newest ``trained`` event's (0: none);
+    ``evs``: its status log's events, when already read."""
+    evs = rundir.events(trunk_dir) if evs is None else evs
+    return max((int(e.get("step", 0)) for e in evs if e.get("event") == Event.TRAINED), default=0)
 
 
-def segment_state(trunk_dir: Path, until: int) -> RunState:
+def segment_state(trunk_dir: Path, until: int, evs: list[dict[str, Any]] | None = None) -> RunState:
     """A trunk segment is done once its trunk was trained to ``until``; else the trunk's state
     when its last attempt failed, was cancelled or stopped mid-segment (so the relaunch policy
-    treats it as any point), else new."""
-    if trunk_progress(trunk_dir) >= until:
+    treats it as any point), else new (``evs``: the trunk's events, when already read)."""
+    evs = rundir.events(trunk_dir) if evs is None else evs
+    if trunk_progress(trunk_dir, evs) >= until:
         return RunState.DONE
-    state = rundir.state(trunk_dir)
+    state = rundir.state(trunk_dir, evs)
     return state if state in (RunState.FAILED, RunState.CANCELLED, RunState.PARTIAL) else RunState.NEW
 
 

@@ -196,19 +196,43 @@ def update_manifest(path: Path, entries: dict[str, dict[str, Any]]) -> None:
     atomic_write_json(path, doc)
 
 
+def trunk_of(evs: list[dict[str, Any]]) -> str | None:
+    """The trunk a branch forks from, as its latest submission or start names it (None: not a
+    branch)."""
+    for ev in reversed(evs):
+        if ev.get("event") in (Event.SUBMITTED, Event.START) and ev.get("trunk"):
+            return str(ev["trunk"])
+    return None
+
+
+def all_jobs(path: Path, evs: list[dict[str, Any]]) -> set[str]:
+    """Every job the run folder names for its latest submission: training and evaluation, and,
+    for a trunk, each segment's."""
+    return set(point_jobs(path, evs).values()) | set(segment_jobs(evs).values())
+
+
 def cancel(root: Path, run_ids: list[str] | None = None) -> list[str]:
     """Cancel the jobs of the runs under ``root`` (all, or ``run_ids``) that SLURM still holds,
-    training and evaluation jobs alike; returns the run ids cancelled.
+    training and evaluation jobs alike; returns one line per run cancelled (its run id, and for
+    a trunk its segments' jobs, for a branch the trunk it depends on).
 
-    ``cancelled`` is logged in each run folder *before* ``scancel``: a running job that gets
-    scancel's SIGTERM checkpoints, reads that, and stops instead of requeueing itself."""
+    A trunk's run id cancels its queued segments and every branch of it (and their evaluation
+    jobs): they wait for the trunk. ``cancelled`` is logged in each run folder *before*
+    ``scancel``: a running job that gets scancel's SIGTERM checkpoints, reads that, and stops
+    instead of requeueing itself."""
     squeue = queue()
-    chosen = [root / r for r in run_ids] if run_ids else sorted(p for p in root.iterdir()
-                                                                if (p / "status.jsonl").exists())
+    runs = sorted(p for p in root.iterdir() if (p / "status.jsonl").exists()) if root.is_dir() else []
+    logs = {p: rundir.events(p) for p in ([root / r for r in run_ids] if run_ids else runs)}
+    trunks = {p.name for p, evs in logs.items() if segment_jobs(evs)}
+    if run_ids and trunks:  # a trunk's branches depend on it
+        for path in runs:
+            if path not in logs:
+                evs = rundir.events(path)
+                if trunk_of(evs) in trunks:
+                    logs[path] = evs
     hits: dict[Path, list[str]] = {}
-    for path in chosen:
-        evs = rundir.events(path)
-        queued = sorted(j for j in point_jobs(path, evs).values() if j in squeue)
+    for path, evs in logs.items():
+        queued = sorted(j for j in all_jobs(path, evs) if j in squeue)
         if queued and rundir.state(path, evs) not in TERMINAL:
             hits[path] = queued
     for path, jobs in hits.items():
@@ -220,7 +244,18 @@ def cancel(root: Path, run_ids: list[str] | None = None) -> list[str]:
             for path in hits:  # withdraws the ``cancelled`` above (see rundir.state)
                 rundir.log_event(path, Event.CANCEL_FAILED, error=str(e)[:500])
             raise
-    return [p.name for p in hits]
+    return [_cancel_line(path, logs[path], jobs) for path, jobs in hits.items()]
+
+
+def _cancel_line(path: Path, evs: list[dict[str, Any]], jobs: list[str]) -> str:
+    """What the cancel command says about one run: its id, and what a trunk or branch is."""
+    segments = {j: until for until, j in segment_jobs(evs).items()}
+    if segments:
+        cut = sorted(segments[j] for j in jobs if j in segments)
+        return (f"{path.name} (trunk: segment(s) to step {', '.join(map(str, cut)) or '-'}, "
+                f"job(s) {', '.join(jobs)})")
+    trunk = trunk_of(evs)
+    return f"{path.name} (branch of trunk {trunk})" if trunk else path.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"cancelled {len(done)} point(s)" + "".join(f"\n  {r}" for r in done))
+    if any("(trunk:" in r for r in done):
+        print("a trunk's branches and their evaluations wait for it: cancelled with it")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Status of a sweep at a glance: ``python -m launcher.status --sweep demo [--root runs]``.
 
 One row per point (state, samples seen / total, age of the newest checkpoint, SLURM job id, last
-error) and totals. It reads the run folders, plus, for points submitted to SLURM, the queue
+error) and totals; a const_cooldown sweep adds a row per trunk segment (``<trunk id>@<end
+step>``, its step range), and each branch's row names its fork step and trunk. It reads the run folders, plus, for points submitted to SLURM, the queue
 (one ``squeue`` call) and accounting for jobs that left it (one ``sacct`` call): a submitted point
 shows ``pending``, ``running`` or ``requeued`` while SLURM holds it, and SLURM's verdict
 (``failed``, ``cancelled``) when its job ended without the run folder knowing. Nothing is
@@ -22,15 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import SweepError
-from core.states import TERMINAL, LiveState, RunState
+from core.states import TERMINAL, Event, LiveState, RunState
 from core.tables import fmt_count, render
 from launcher import rundir, slurm
+from launcher.plan import segment_state
 from launcher.sweep import load_sweep, sweep_file
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 PLAN_CODE = [REPO / "core" / "identity.py", REPO / "core" / "schema.py", REPO / "core" / "steps.py",
-             REPO / "launcher" / "plan.py"]
+             REPO / "launcher" / "plan.py", REPO / "launcher" / "status.py"]
 """The code a point's run id and size follow from (with the config files: the plan cache key)."""
 
 
@@ -39,8 +41,15 @@ class Entry:
     """What status needs of a point: its run folder and the samples it will have seen."""
 
     run_id: str
+    """The row's name: the run id, or ``<trunk id>@<until>`` for a trunk segment."""
     run_dir: Path
     samples_seen: int
+    until: int = 0
+    """A trunk segment's end step (0: not a segment)."""
+    start: int = 0
+    """A segment's first step; a branch's fork step."""
+    trunk: str = ""
+    """A branch's trunk."""
 
 
 def _plan_key(name: str, overrides: list[str]) -> str:
@@ -72,22 +81,32 @@ def sweep_points(name: str, overrides: list[str], root: Path) -> list[Entry]:
             atomic_write_json(cache, rows)
         except OSError:
             pass  # a read-only root: status still works, just slower
-    return [Entry(r, root / r, int(n)) for r, n in rows]
+    return [_entry(root, *row) for row in rows]
 
 
-def _compose_points(name: str, overrides: list[str]) -> list[tuple[str, int]]:
-    from core.identity import run_id
+def _entry(root: Path, key: str, samples: int, until: int = 0, start: int = 0, trunk: str = "") -> Entry:
+    """A cached plan row as an :class:`Entry` (a segment's folder is its trunk's)."""
+    folder = key.rpartition("@")[0] if until else key
+    return Entry(key, root / folder, int(samples), int(until), int(start), trunk)
+
+
+def _compose_points(name: str, overrides: list[str]) -> list[tuple[str, int, int, int, str]]:
+    """(key, samples seen, segment end step, start step, trunk) of every point and trunk
+    segment (``launcher.plan.with_trunks``), in plan order."""
+    from core.identity import run_id, trunk_id
     from launcher.compose import app_composer
-    from launcher.plan import Point
+    from launcher.graph import point_key
+    from launcher.plan import Point, is_branch, with_trunks
 
-    points: dict[str, int] = {}
+    points: dict[str, Point] = {}
     with app_composer(CONF) as compose:
         for ov in load_sweep(name):
             cfg = compose([*ov, *overrides])
             rid = run_id(cfg)
             if rid not in points:  # a Point for its size only: no run folder is read here
-                points[rid] = Point(ov, cfg, rid, Path(rid), RunState.NEW).samples_seen
-    return list(points.items())
+                points[rid] = Point(ov, cfg, rid, Path(rid), RunState.NEW)
+    return [(point_key(p), p.samples_seen, p.trunk_until, p.start,
+             trunk_id(p.cfg) if is_branch(p.cfg) else "") for p in with_trunks(list(points.values()))]
 
 
 def _progress(path: Path) -> int:
@@ -123,6 +142,35 @@ def _checkpoint_age(path: Path, now: float | None = None) -> str:
     return f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m" if age >= 60 else f"{age:.0f}s"
 
 
+def _read_logs(points: list[Entry]) -> list[list[dict[str, Any]]]:
+    """Each point's status log events, each log read once (a trunk's segments share one)."""
+    by_dir: dict[Path, list[dict[str, Any]]] = {}
+    return [by_dir[p.run_dir] if p.run_dir in by_dir else by_dir.setdefault(p.run_dir, rundir.events(p.run_dir))
+            for p in points]
+
+
+def _run_state(p: Entry, evs: list[dict[str, Any]]) -> RunState:
+    """The run folder's state of the point; a trunk segment's (``launcher.plan.segment_state``)."""
+    return segment_state(p.run_dir, p.until, evs) if p.until else rundir.state(p.run_dir, evs)
+
+
+def _job_info(p: Entry, evs: list[dict[str, Any]]) -> tuple[str | None, str | None, str | None]:
+    """(job, stage, last event) as :func:`launcher.slurm.job_info`; a trunk segment's own job,
+    and the trunk's last event only while that segment is the one the trunk last started."""
+    if not p.until:
+        return slurm.job_info(p.run_dir, evs)
+    starts = [e.get("trunk_until") for e in evs if e.get("event") == Event.START]
+    last = evs[-1].get("event") if evs and starts and starts[-1] == p.until else None
+    return slurm.segment_jobs(evs).get(p.until), "train", last
+
+
+def _role(p: Entry) -> str:
+    """A trunk segment's step range, a branch's fork step (the note of its row)."""
+    if p.until:
+        return f"steps {p.start:,}->{p.until:,}"
+    return f"branch, fork at step {p.start:,}" if p.trunk else ""
+
+
 def live_states(points: list[Entry], logs: list[list[dict[str, Any]]] | None = None,
                 run_states: list[RunState] | None = None) -> list[tuple[LiveState, str | None, str]]:
     """(state, job, why) per point: the run folder's state refined by squeue/sacct; the job is
@@ -130,10 +178,10 @@ def live_states(points: list[Entry], logs: list[list[dict[str, Any]]] | None = N
     squeue's reason for a job that waits (``Dependency``, ``BeginTime``, ``ReqNodeNotAvail``...).
     ``logs``/``run_states``: the points' status log events and run states, when already read."""
     if logs is None:
-        logs = [rundir.events(p.run_dir) for p in points]  # each status log read once
-    infos = [slurm.job_info(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
+        logs = _read_logs(points)
+    infos = [_job_info(p, evs) for p, evs in zip(points, logs, strict=True)]
     if run_states is None:
-        run_states = [rundir.state(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
+        run_states = [_run_state(p, evs) for p, evs in zip(points, logs, strict=True)]
     detail: dict[str, tuple[str, str]] = {}
     sacct: dict[str, str] = {}
     # SLURM may still hold (requeue, run again) a job whose attempt logged failed: squeue is
@@ -161,16 +209,19 @@ def status_table(points: list[Entry]) -> str:
     """The table: every status log read once; a training log's tail only for a point whose
     training is not finished, one listing of its checkpoints folder."""
     cols = ("run id", "state", "samples seen", "ckpt age", "job", "last error / reason")
-    logs = [rundir.events(p.run_dir) for p in points]
-    run_states = [rundir.state(p.run_dir, evs) for p, evs in zip(points, logs, strict=True)]
+    logs = _read_logs(points)
+    run_states = [_run_state(p, evs) for p, evs in zip(points, logs, strict=True)]
     states = live_states(points, logs, run_states)
     now = time.time()
     body = []
     for p, evs, run_st, (st, jid, why) in zip(points, logs, run_states, states, strict=True):
         seen = p.samples_seen if st in (LiveState.DONE, LiveState.TRAINED) else _progress(p.run_dir)
+        seen = min(seen, p.samples_seen)  # a trunk's later segment: the trunk's progress so far
         note = rundir.last_error(p.run_dir, evs) if st == LiveState.FAILED else why
         if st == LiveState.REQUEUED and run_st == RunState.FAILED:
             note = "; ".join(filter(None, [why, f"last attempt: {rundir.last_error(p.run_dir, evs)}"]))
+        if p.until or p.trunk:
+            note = "; ".join(filter(None, [_role(p) if st != LiveState.FAILED else "", note]))
         body.append((p.run_id, st, f"{fmt_count(seen)} / {fmt_count(p.samples_seen)}",
                      _checkpoint_age(p.run_dir, now), jid or "-", (note or "")[:80]))
     tally = Counter(st for st, _, _ in states)
