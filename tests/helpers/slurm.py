@@ -112,3 +112,32 @@ def command(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def sacct(job_ids: list[str], fields: str) -> dict[str, dict[str, str]]:
+    """``sacct`` rows of ``job_ids``: job id -> {field: value} (``fields``: ``State,Start,End``)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", f"JobID,{fields}", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    names = fields.split(",")
+    return {r.split("|")[0]: dict(zip(names, r.split("|")[1:], strict=True)) for r in out.splitlines() if r}
+
+
+def release(job_ids: list[str]) -> None:
+    """Start held or requeued jobs now (a requeued job otherwise waits 120 s for BeginTime)."""
+    for jid in job_ids:
+        subprocess.run(["scontrol", "update", f"jobid={jid}", "starttime=now"], capture_output=True,
+                       timeout=30)
+
+
+def row(table: str, key: str) -> str:
+    """The line of a status table whose first column is ``key`` (AssertionError if none)."""
+    for line in table.splitlines():
+        if line.split(" ", 1)[0] == key:
+            return line
+    raise AssertionError(f"no row {key} in\n{table}")
+
+
+def cancel_cmd(root: Path, *run_ids: str) -> subprocess.CompletedProcess[str]:
+    """``python -m launcher.slurm cancel --root ROOT [RUN_ID ...]``."""
+    return subprocess.run([sys.executable, "-m", "launcher.slurm", "cancel", "--root", str(root), *run_ids],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
