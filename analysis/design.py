@@ -451,13 +451,16 @@ def _law_args(p, source: str = "paper") -> None:
     p.add_argument("--root", default="runs", help="result store root (default: runs)")
     p.add_argument("--task", default="imagenet1k", help="target whose error the law models")
     p.add_argument("--family", default=None, help="family (default: the one with most runs)")
-    p.add_argument("--form", default=None, help="joint law form (default: analysis.joint's)")
+    p.add_argument("--form", default=None,
+                   help="joint law form (default: joint.ALLOCATION_FORM for optimal, "
+                   "joint.DEFAULT_FORM for design)")  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=100, metavar="N",
                    help="bootstrap resamples for the intervals")  # fmt: skip
 
 
-def fit_prior(args) -> tuple[Fitted | None, list[str]]:
-    """The joint law of ``--task`` on ``--source`` (the family with most runs), bootstrapped."""
+def fit_prior(args, default_form: str | None = None) -> tuple[Fitted | None, list[str]]:
+    """The joint law of ``--task`` on ``--source`` (the family with most runs), bootstrapped;
+    form ``--form``, else ``default_form``, else ``joint.DEFAULT_FORM``."""
     from analysis import joint
     from analysis.fit import error_points
     from analysis.load import load
@@ -477,7 +480,7 @@ def fit_prior(args) -> tuple[Fitted | None, list[str]]:
     if len(runs) < joint.MIN_RUNS or runs["N"].nunique() < 2:
         return None, [*problems, f"family {family}, {args.task}: {len(runs)} runs over "
                       f"{runs['N'].nunique()} model size(s): too few for a joint law"]  # fmt: skip
-    form = args.form or joint.DEFAULT_FORM
+    form = args.form or default_form or joint.DEFAULT_FORM
     with joint.single_threaded():
         data = joint.data_of(runs)
         law = joint.fit_law(form, data)
@@ -499,11 +502,17 @@ def optimal_main(argv: Sequence[str]) -> int:
     if not hours > 0:
         print("error: the budget must be positive", file=sys.stderr)
         return 1
-    fitted, problems = fit_prior(args)
+    from analysis import joint
+
+    fitted, problems = fit_prior(args, joint.ALLOCATION_FORM)
     for problem in problems:
         print(f"problem: {problem}")
     if fitted is None:
         return 1
+    if fitted.law.form.name != joint.ALLOCATION_FORM:
+        print(f"note: in form {fitted.law.form.name} N and S enter as one product, so at a "
+              "fixed compute the optimum is an end of the searched range "
+              f"(joint.ALLOCATION_FORM: {joint.ALLOCATION_FORM})")  # fmt: skip
     table = optimal(fitted, hours, device)
     print(format_optimal(table, fitted.law))
     best = table[table["best"]].iloc[0]
@@ -562,6 +571,8 @@ def design_main(argv: Sequence[str]) -> int:
                    "largest data)")  # fmt: skip
     p.add_argument("--n-budgets", type=int, default=3, help="isoflop: budgets (profiles)")
     p.add_argument("--ratio", type=float, default=4.0, help="isoflop: factor between budgets")
+    p.add_argument("--min-steps", type=int, default=20,
+                   help="isoflop: leave out a point of fewer optimizer steps")  # fmt: skip
     p.add_argument("--sweeps-dir", default=str(cost.ROOT / "sweeps"), help="where to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing sweep file")
     _law_args(p)
@@ -606,7 +617,8 @@ def design_main(argv: Sequence[str]) -> int:
                f"{100 * sd * math.sqrt(trace[-1]) if trace else float('nan'):.2f}% of its error "
                f"(residual sd {100 * sd:.2f}%).")  # fmt: skip
     else:
-        chosen, budgets = isoflop_design(models, data, hours, device, args.n_budgets, args.ratio)
+        chosen, budgets = isoflop_design(models, data, hours, device, args.n_budgets, args.ratio,
+                                         args.min_steps)  # fmt: skip
         why = (f"Strategy isoflop (no prior law{': ' + problems[-1] if problems else ''}): "
                f"{len(budgets)} IsoFLOP profiles at {', '.join(f'{b:.3g}' for b in budgets)} "
                f"{device.unit} per point, every model on every data choice; model-free, so it "

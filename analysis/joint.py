@@ -88,6 +88,13 @@ except ImportError:  # pragma: no cover
 HUBER_DELTA = 1e-3
 LEVEL = 0.95
 DEFAULT_FORM = "floor"
+ALLOCATION_FORM = "chinchilla"
+"""The form ``python -m analysis optimal`` allocates a budget with. Where N and S enter as one
+product N^-alpha S^-beta (``product``, ``floor``, ``capacity``), the error at a fixed compute
+C ~ N S goes as N^(beta - alpha): monotone in N, so the "optimum" is always an end of the
+searched range (on the paper's runs alpha > beta: always the largest model). A sum of an N and
+an S term (``chinchilla``) has an interior optimum; ``DEFAULT_FORM`` stays the one that
+predicts held-out runs best."""
 N_KINDS = ("gmacs", "params")
 JOINT_METRICS = ("acc1", "image_retrieval_recall@5", "mean_average_precision")
 """Metrics the joint law is fitted to (per target: top-1 error, or image retrieval 1 - R@5)."""
