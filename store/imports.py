@@ -399,12 +399,15 @@ def _find_profile(path: Path, given: Path | None) -> Path | None:
 
 
 def _followup_metrics(row: Row) -> dict[str, float]:
+    """The row's accuracy and recall columns as fractions: the release holds some in percent
+    (its own ``main.py`` takes ``1 - x if x < 1 else 100 - x`` as the error); a value above 1
+    is read as percent here."""
     metrics = {}
     for name in row.columns:
         if _METRIC.match(name):
             value = row.number(name, required=False)
             if value is not None:
-                metrics[name] = value
+                metrics[name] = value / 100 if value > 1 else value
     return metrics
 
 

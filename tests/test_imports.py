@@ -245,3 +245,18 @@ def test_followup_missing_column_and_options_not_read(tmp_path):
         read_results("nope", FOLLOWUP, Options())
     assert set(FORMATS) == {"scaling-laws-openclip", "scaling-laws-for-comparison",
                             "clip-benchmark", "openclip-results"}  # fmt: skip
+
+
+def test_followup_metrics_in_percent_are_read_as_fractions(tmp_path):
+    """The release's own fitting code reads a metric >= 1 as percent (100 - x): so does ours."""
+    rows = list(csv.DictReader(gzip.decompress(FOLLOWUP.read_bytes()).decode().splitlines()))
+    first = next(r for r in rows if r["downstream_dataset"] == "imagenet1k")
+    percent = {**first, "acc1": str(100 * float(first["acc1"])), "acc5": str(100 * float(first["acc5"]))}
+    path = tmp_path / "all_results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([first, percent])
+    profile = FIXTURES / "scaling-laws-for-comparison" / "model_profile.csv"
+    records = read_results("scaling-laws-for-comparison", path, Options(model_profile=profile)).records
+    assert [r["metrics"]["acc1"] for r in records] == pytest.approx([float(first["acc1"])] * 2)
