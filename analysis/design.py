@@ -395,6 +395,8 @@ def joint_section(
     problems = list(result.problems)
     fronts = []
     for (_, _, _, _), fitted in result.laws.items():
+        if fitted.law.form.name != joint.ALLOCATION_FORM:  # no interior optimum (see there)
+            continue
         device = report_device(fitted)
         hours = run_hours(fitted, device)
         budgets = list(np.geomspace(hours.min() / 2, hours.max() * 10, 12))
