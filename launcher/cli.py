@@ -6,6 +6,8 @@
     clipscale import --format FORMAT PATH --root STORE  # python -m evaluation import
     clipscale analyze --source paper --out reports/p    # python -m analysis
     clipscale predict --gmacs 532 --samples 68e9        # python -m analysis predict
+    clipscale optimal --budget-gpu-hours 1e5            # python -m analysis optimal
+    clipscale design --budget-gpu-hours 2e5 --name N    # python -m analysis design
 
 Every argument after the subcommand goes to that entry point unchanged (``clipscale status
 --help`` is its own help). Sweeps are still launched with ``python launch.py -m ...`` (Hydra's
@@ -55,6 +57,18 @@ def _predict(argv: list[str]) -> int:
     return main(["predict", *argv])
 
 
+def _optimal(argv: list[str]) -> int:
+    from analysis.__main__ import main
+
+    return main(["optimal", *argv])
+
+
+def _design(argv: list[str]) -> int:
+    from analysis.__main__ import main
+
+    return main(["design", *argv])
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "status": ("state of every point of a sweep: progress, checkpoint age, job, last error", _status),
     "cancel": ("cancel the SLURM jobs of a root's runs (all, or the run ids given)", _cancel),
@@ -62,6 +76,8 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "import": ("published results (other studies, open_clip, clip_benchmark outputs) into the store", _import),
     "analyze": ("fit and plot the scaling laws of the store, the paper, or both", _analyze),
     "predict": ("predicted error at a model's GMACs and samples seen, with its interval", _predict),
+    "optimal": ("compute-optimal model size, samples seen and data for a budget (joint law)", _optimal),
+    "design": ("write sweeps/<name>.yaml: the points that best pin down the law within a budget", _design),
 }  # fmt: skip
 """Subcommand -> (one line of help, the entry point it passes its arguments to)."""
 

@@ -36,7 +36,8 @@ def test_help_lists_every_subcommand_with_one_line(tmp_path):
     out = clipscale("--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     listed = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  ")}
-    assert set(COMMANDS) == {"status", "cancel", "eval", "import", "analyze", "predict"}
+    assert set(COMMANDS) == {"status", "cancel", "eval", "import", "analyze", "predict",
+                             "optimal", "design"}
     assert set(COMMANDS) <= set(listed)
     assert all(len(listed[name].split()) > 2 for name in COMMANDS)
 
@@ -65,3 +66,10 @@ def test_unknown_command_and_pass_through(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # the stage's own argparse help
         main(["status", "--help"])
     assert e.value.code == 0 and "python -m launcher.status" in capsys.readouterr().out
+
+
+def test_optimal_through_the_installed_script(tmp_path):
+    out = clipscale("optimal", "--budget-gpu-hours", "1e5", "--source", "paper", "--bootstrap",
+                    "0", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "compute-optimal allocation" in out.stdout and "<- lowest" in out.stdout
