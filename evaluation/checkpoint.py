@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from core.models import quiet_model_build, register_model_configs
+from training.tokens import get_tokenizer
 
 
 class CheckpointError(ValueError):
@@ -99,4 +100,4 @@ def load_model(arch: str, path: str | Path, device: str) -> tuple[Any, Any, Any]
     check_fits(model, state, path, arch)
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
-    return model, preprocess, open_clip.get_tokenizer(arch)
+    return model, preprocess, get_tokenizer(arch)  # cached per process: same tokens

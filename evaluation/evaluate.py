@@ -217,6 +217,58 @@ class _FeatureBatches:
             yield self.feats[i : i + self.bs], self.targets[i : i + self.bs]
 
 
+class LoadedSets:
+    """Batches of evaluation sets as clip_benchmark's loader gave them, kept for this process.
+
+    Every checkpoint is evaluated on the same files through the same deterministic validation
+    transform, so a set is decoded once per process and its batches are served again to the
+    next checkpoint (the demo evaluates twelve). The key holds the set (name, root, split,
+    task), the transform's ``repr``, the batch size and the files' sizes and modification
+    times; a set larger than ``max_bytes`` (real benchmarks) is streamed each time instead.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self.sets: dict[tuple[Any, ...], list[Any]] = {}
+
+    @staticmethod
+    def key(ds: Any, split: str, task: str, preprocess: Any, batch_size: int) -> tuple[Any, ...]:
+        folder = Path(ds.root) / split
+        files = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                             for p in folder.iterdir() if p.is_file())) if folder.is_dir() else ()
+        return (store.benchmark_name(ds.name), str(Path(ds.root).resolve()), split, str(task),
+                repr(preprocess), batch_size, files)
+
+    def batches(self, key: tuple[Any, ...], loader: Any) -> Any:
+        if key in self.sets:
+            return list(self.sets[key])
+        return self._load(key, loader)
+
+    def _load(self, key: tuple[Any, ...], loader: Any) -> Any:
+        kept: list[Any] | None = []
+        size = self._size()
+        for batch in loader:
+            if kept is not None:
+                kept.append(batch)
+                size += _nbytes(batch)
+                if size > self.max_bytes:
+                    kept = None  # too large to keep: streamed, as before
+            yield batch
+        if kept is not None:
+            self.sets[key] = kept
+
+    def _size(self) -> int:
+        return sum(_nbytes(b) for v in self.sets.values() for b in v)
+
+
+def _nbytes(batch: Any) -> int:
+    return sum(x.nbytes for x in batch if isinstance(x, torch.Tensor))
+
+
+LOADED = LoadedSets()
+"""This process's decoded evaluation sets."""
+
+
 class _Context:
     """One loaded model and the eval settings: runs the jobs of one dataset."""
 
@@ -267,12 +319,17 @@ class _Context:
         )
         return dataset, loader
 
+    def _loaded(self, ds: Any, split: str, task: str, loader: Any) -> Any:
+        """The loader's batches, decoded and transformed once per process (:class:`LoadedSets`)."""
+        key = LOADED.key(ds, split, task, self.preprocess, int(self.cfg.batch_size))
+        return LOADED.batches(key, loader)
+
     def _features(self, ds: Any, split: str) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """The split's dataset, its L2-normalised image features (fp32, CPU) and targets."""
         dataset, loader = self._dataset(ds, split, Task.zeroshot_classification)
         feats, targets = [], []
         with torch.no_grad(), _autocast(self.device):
-            for images, target in loader:
+            for images, target in self._loaded(ds, split, Task.zeroshot_classification, loader):
                 f = self.model.encode_image(images.to(self.device))
                 feats.append(F.normalize(f, dim=-1).float().cpu())
                 targets.append(target)
@@ -292,9 +349,10 @@ class _Context:
         from clip_benchmark.metrics import zeroshot_retrieval  # heavy: not on a resume
 
         _, loader = self._dataset(ds, ds.split, Task.zeroshot_retrieval)
+        batches = self._loaded(ds, ds.split, Task.zeroshot_retrieval, loader)
         with _autocast(self.device):
             return zeroshot_retrieval.evaluate(
-                self.model, loader, self.tokenizer, recall_k_list=list(self.cfg.recall_k),
+                self.model, batches, self.tokenizer, recall_k_list=list(self.cfg.recall_k),
                 device=self.device, amp=self.amp,
             )
 

@@ -10,6 +10,7 @@ import open_clip
 import torch
 
 from core.models import quiet_model_build, register_model_configs
+from training.tokens import get_tokenizer
 
 
 def seed_everything(seed: int) -> None:
@@ -33,5 +34,5 @@ def create_model(
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             arch, pretrained=pretrained, precision=precision, device=device, output_dict=True
         )
-        tokenizer = open_clip.get_tokenizer(arch)
+        tokenizer = get_tokenizer(arch)  # one cache per arch and process: same tokens
     return model, preprocess_train, preprocess_val, tokenizer
