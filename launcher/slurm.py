@@ -7,6 +7,10 @@ an operator wants). The queue is read with one ``squeue`` call and, for jobs tha
 ``sacct`` call, so status over a large sweep stays fast.
 
     python -m launcher.slurm cancel --root runs [RUN_ID ...]   # cancel a sweep's jobs (all or some)
+
+A trunk's segments share its run folder: each ``submitted`` event there names the segment's
+``trunk_until`` (:func:`segment_jobs`), and a branch's names its ``trunk`` (:func:`trunk_of`), so
+cancelling a trunk finds its queued segments and every branch that waits for it.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from tests.helpers.slurm import (
     needs_cluster,
     release,
     row,
-    sacct,
+    sacct_settled,
     status,
     wait_for,
     wait_gone,
@@ -118,13 +118,13 @@ def test_cancel_cascades_and_a_dead_segment_takes_its_dependents_with_it(tmp_pat
 @pytest.mark.slow
 def test_trunk_with_three_branches_runs_in_dependency_order_and_extends(tmp_path: Path,
                                                                         data_root: Path) -> None:
-    """Branches of 10 and 20 steps (forks 8, 16), evaluated by jobs of their own, submitted
-    held; a relaunch that adds 30 steps (fork 24; without evaluation, which keeps the chain
+    """Branches of 10 and 20 steps (forks 8, 16), evaluated by jobs of their own; a relaunch
+    at once, which adds 30 steps (fork 24; without evaluation, which keeps the chain
     short) submits only the segment 16->24, after the queued job of 8->16, and the new branch.
-    Released, every job completes, and sacct's times show the order: segment k after k-1, each
+    Every job completes, and sacct's times show the order: segment k after k-1, each
     branch after its segment, each evaluation after its branch. A relaunch then runs nothing."""
     root = tmp_path / "runs"
-    first = launch(root, data_root, *BASE, seen(10, 20), "eval=embedded", HELD)
+    first = launch(root, data_root, *BASE, seen(10, 20), "eval=embedded")
     points = manifest(root)
     try:
         assert first.returncode == 0, first.stderr[-3000:]
@@ -141,10 +141,9 @@ def test_trunk_with_three_branches_runs_in_dependency_order_and_extends(tmp_path
         # no second job for a queued segment or branch: one submitted event per segment
         trunk = root / branches[8]["trunk"]
         assert [e["trunk_until"] for e in rundir.events(trunk) if e["event"] == "submitted"] == [8, 16, 24]
-        release([e["job_id"] for e in points.values()] + [e["eval_job_id"] for e in points.values() if e["eval_job_id"]])
         wait_gone(jobs_of(points), timeout=300)
 
-        acct = sacct(jobs_of(points), "State,Start,End")
+        acct = sacct_settled(jobs_of(points), "Start")
         assert {a["State"] for a in acct.values()} == {"COMPLETED"}, acct
         for until, entry in segments.items():
             if entry["after"]:
@@ -221,7 +220,7 @@ def test_segment_time_limit_requeues_and_a_killed_branch_resumes(tmp_path: Path,
 
         events = [e["event"] for e in rundir.events(trunk)]
         assert events.count("start") >= 3 and ("requeued" in events or "preempted" in events), events
-        acct = sacct([first, segments[68]["job_id"], branches[68]["job_id"], branches[60]["job_id"]], "State,Start,End")
+        acct = sacct_settled([first, segments[68]["job_id"], branches[68]["job_id"], branches[60]["job_id"]], "Start")
         assert acct[first]["State"] == "COMPLETED", acct
         for fork, entry in branches.items():
             assert acct[entry["job_id"]]["Start"] >= acct[segments[fork]["job_id"]]["End"], (fork, acct)

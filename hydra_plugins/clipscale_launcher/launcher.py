@@ -17,8 +17,16 @@ weeks). This one, selected by ``cluster=slurm`` (``hydra/launcher: clipscale_slu
    the large allocation is never held while one process evaluates, and an evaluation starts
    only after its own training succeeded. A point whose training is finished gets only the
    evaluation job;
-4. records the job ids in the run's ``status.jsonl`` (``submitted``) and in the sweep manifest
-   ``<root>/_slurm/<sweep>.json``, and returns.
+4. submits the trunks of ``train.schedule=const_cooldown`` points as job graphs
+   (``launcher.graph``): one job per trunk segment, each ``afterok`` on the segment before it,
+   one job per branch, ``afterok`` on the segment that ends at its fork step, and a branch's
+   evaluation job ``afterok`` on the branch, all with ``--kill-on-invalid-dep=yes`` (a failed
+   or cancelled segment takes what waits for it along). A segment or branch SLURM still holds
+   is not submitted again; what a relaunch adds waits for the queued job it depends on;
+5. records the job ids in the run's ``status.jsonl`` (``submitted``; a trunk's segments share
+   its folder, so each names its ``trunk_until``) and in the sweep manifest
+   ``<root>/_slurm/<sweep>.json`` (a segment under ``<trunk id>@<until>``, with the job it
+   waits for under ``after``), and returns.
 
 Each job's processes take their torch.distributed setup from SLURM (submitit's
 ``TorchDistributedEnvironment``: rank, local rank, world size, the allocation's first node as
@@ -308,7 +316,8 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
             ov = list(ov)
             point = self._plan.get(tuple(ov)) or make_point(
                 ov, self.hydra_context.config_loader.load_sweep_config(self.config, ov))
-            evs = logs.setdefault(point.run_dir, rundir.events(point.run_dir))
+            evs = logs[point.run_dir] if point.run_dir in logs else logs.setdefault(
+                point.run_dir, rundir.events(point.run_dir))
             key = graph.point_key(point)
             index[key] = initial_job_idx + i
             if point.trunk_until:

@@ -141,3 +141,16 @@ def cancel_cmd(root: Path, *run_ids: str) -> subprocess.CompletedProcess[str]:
     """``python -m launcher.slurm cancel --root ROOT [RUN_ID ...]``."""
     return subprocess.run([sys.executable, "-m", "launcher.slurm", "cancel", "--root", str(root), *run_ids],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def sacct_settled(job_ids: list[str], fields: str, timeout: float = 60) -> dict[str, dict[str, str]]:
+    """:func:`sacct` once accounting has recorded every job's end (slurmdbd lags the queue by a
+    few seconds: a job squeue no longer shows may still read RUNNING, End=Unknown)."""
+    def settled() -> dict[str, dict[str, str]] | None:
+        rows = sacct(job_ids, f"{fields},End,State")
+        done = set(rows) >= set(job_ids) and all(
+            r["End"] not in ("", "Unknown") and r["State"].split()[0] not in
+            ("PENDING", "RUNNING", "REQUEUED", "COMPLETING") for r in rows.values())
+        return rows if done else None
+
+    return wait_for(f"accounting of jobs {job_ids}", settled, timeout=timeout, every=1)
