@@ -14,6 +14,11 @@ cancelled       run again, resuming (a cancel stops the job, it does not drop th
 new, partial,   run (a partial one resumes from its newest complete checkpoint)
 submitted
 ==============  ========================================================================
+
+A trunk segment (``launcher.plan.with_trunks``) is a point of its own here: done once its trunk
+was trained to its end step, queued while SLURM holds that segment's job (not any job of the
+trunk's folder), else the trunk's failed/cancelled/partial state; ``launcher.graph`` then makes
+what is submitted wait for the queued jobs it depends on.
 """
 
 from __future__ import annotations
