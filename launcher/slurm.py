@@ -220,13 +220,15 @@ def cancel(root: Path, run_ids: list[str] | None = None) -> list[str]:
     training and evaluation jobs alike; returns one line per run cancelled (its run id, and for
     a trunk its segments' jobs, for a branch the trunk it depends on).
 
-    A trunk's run id cancels its queued segments and every branch of it (and their evaluation
-    jobs): they wait for the trunk. ``cancelled`` is logged in each run folder *before*
+    A trunk's run id (or a segment's key, ``<trunk id>@<step>``) cancels the trunk's queued
+    segments and every branch of it (and their evaluation jobs): they wait for the trunk. ``cancelled`` is logged in each run folder *before*
     ``scancel``: a running job that gets scancel's SIGTERM checkpoints, reads that, and stops
     instead of requeueing itself."""
     squeue = queue()
     runs = sorted(p for p in root.iterdir() if (p / "status.jsonl").exists()) if root.is_dir() else []
-    logs = {p: rundir.events(p) for p in ([root / r for r in run_ids] if run_ids else runs)}
+    # a segment's key (``<trunk id>@<step>``, as status shows it) names its trunk
+    named = dict.fromkeys(root / r.partition("@")[0] for r in run_ids or [])
+    logs = {p: rundir.events(p) for p in (named if run_ids else runs)}
     trunks = {p.name for p, evs in logs.items() if segment_jobs(evs)}
     if run_ids and trunks:  # a trunk's branches depend on it
         for path in runs:
