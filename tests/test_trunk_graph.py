@@ -16,6 +16,7 @@ from launcher import rundir
 from launcher.graph import Job, build, point_key, segment_key
 from launcher.plan import Point, make_point, with_trunks
 from launcher.policy import Action, RelaunchPolicy
+from tests.helpers.slurm import row
 
 SEEN = (1280, 2560, 3840)
 
@@ -109,3 +110,29 @@ def test_nothing_is_submitted_for_queued_or_done_segments_and_branches(plan) -> 
     queued = {point_key(p): str(100 + i) for i, p in enumerate(points)}
     graph = build(_decide(points, queued), {k: v for k, v in queued.items() if "@" in k})
     assert graph.jobs == [] and graph.plain == []
+
+
+def test_status_shows_each_segment_with_its_step_range_and_each_branch_with_its_fork(tmp_path: Path) -> None:
+    """``launcher.status`` of a const_cooldown sweep, without SLURM: a row per trunk segment
+    (``<trunk>@<step>``, ``steps a->b``), done once the trunk reached its step; a row per branch."""
+    from launcher import status
+
+    sweep = tmp_path / "trunk.yaml"
+    sweep.write_text("points:\n  - {model: tiny_s, data: syn4k, samples: s6k, samples.seen: "
+                     f"{list(SEEN)}, eval: none, train.schedule: const_cooldown}}\n")
+    root = tmp_path / "runs"
+    points = status.sweep_points(str(sweep), [f"root={root}"], root)
+    keys = [p.run_id for p in points]
+    trunk = keys[0].split("@")[0]
+    assert keys[:3] == [f"{trunk}@8", f"{trunk}@16", f"{trunk}@24"] and len(keys) == 6
+    assert {p.run_dir for p in points[:3]} == {root / trunk}
+    rundir.log_event(root / trunk, Event.TRAINED, step=8)
+    table = status.status_table(points)
+    assert " done " in row(table, f"{trunk}@8") and "steps 0->8" in row(table, f"{trunk}@8")
+    assert " new " in row(table, f"{trunk}@16") and "steps 8->16" in row(table, f"{trunk}@16")
+    assert "branch, fork at step 24" in row(table, keys[5])
+    assert "6 points: 5 new, 1 done" in table, table
+    # the cached plan gives the same rows
+    assert [(p.run_id, p.until, p.start) for p in status.sweep_points(str(sweep), [f"root={root}"], root)] == \
+        [(p.run_id, p.until, p.start) for p in points]
+
