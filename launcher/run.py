@@ -7,10 +7,12 @@ once, a partial one resumes from its newest checkpoint, and evaluation skips rec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -98,23 +100,37 @@ def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | 
                      **slurm_job())
     tic = time.time()
     result: dict[str, Any] = {}
+    spent: dict[str, float] = {}  # wall seconds of each part, in the done event
     try:
-        import synthetic  # the stages import torch: kept off the plan's and status's path
+        with _timed(spent, "seconds_data"):
+            import synthetic  # the stages import torch: kept off the plan's and status's path
 
-        synthetic.ensure_datasets(cfg, eval_only=stage == Stage.eval)
+            synthetic.ensure_datasets(cfg, eval_only=stage == Stage.eval)
         if stage != Stage.eval:
-            result = _train(cfg, path)
+            with _timed(spent, "seconds_train"):
+                result = _train(cfg, path)
             if stage == Stage.train and len(cfg.eval.datasets):
                 log.info("%s: trained; evaluation follows in its own job", point.run_id)
                 return {"run_id": point.run_id, "state": RunState.TRAINED, "skipped": False,
                         **result}
-        _evaluate_final(cfg, point, path)
+        with _timed(spent, "seconds_eval"):
+            _evaluate_final(cfg, point, path)
     except BaseException as e:  # KeyboardInterrupt and SIGTERM too: the log must say why it stopped
         _log_stop(point, path, stage, e)
         raise
-    rundir.log_event(path, Event.DONE, seconds=round(time.time() - tic, 1))
+    rundir.log_event(path, Event.DONE, seconds=round(time.time() - tic, 1), **spent)
     log.info("%s: done in %.0f s", point.run_id, time.time() - tic)
     return {"run_id": point.run_id, "state": RunState.DONE, "skipped": False, **result}
+
+
+@contextlib.contextmanager
+def _timed(spent: dict[str, float], key: str) -> Iterator[None]:
+    """Add the block's wall seconds to ``spent[key]`` (the first point's imports included)."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent[key] = round(spent.get(key, 0.0) + time.perf_counter() - began, 2)
 
 
 def _prepare_trunk(cfg: DictConfig, path: Path) -> Path:
@@ -163,18 +179,22 @@ def _run_segment(cfg: DictConfig, point: Point, path: Path) -> dict[str, Any]:
         log.info("%s: trained to step %d already, skipped", point.run_id, until)
         return {"run_id": point.run_id, "state": RunState.DONE, "skipped": True}
     rundir.log_event(path, Event.START, stage=Stage.train, trunk_until=until, **slurm_job())
+    spent: dict[str, float] = {}
     try:
-        import synthetic  # torch: kept off the plan's path
+        with _timed(spent, "seconds_data"):
+            import synthetic  # torch: kept off the plan's path
+
+            synthetic.ensure_datasets(cfg)
         from training.train import train
 
-        synthetic.ensure_datasets(cfg)
-        result = train(cfg, path, **_role(cfg))
+        with _timed(spent, "seconds_train"):
+            result = train(cfg, path, **_role(cfg))
     except BaseException as e:
         _log_stop(point, path, Stage.train, e)
         raise
     rundir.log_event(path, Event.TRAINED, step=result["step"], samples_seen=result["samples_seen"],
                      loss=result["loss"], seconds=round(result["seconds"] or 0, 1),
-                     resumed_from=result["resumed_from"])
+                     resumed_from=result["resumed_from"], **spent)
     return {"run_id": point.run_id, "state": RunState.DONE, "skipped": False, **result}
 
 
