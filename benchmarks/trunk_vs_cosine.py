@@ -148,26 +148,35 @@ def side_by_side(cos: Any, trunk: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _r(v: float | None) -> float | None:
-    return None if v is None or math.isnan(v) else round(v, 4)
+def _r(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else round(f, 4)
 
 
 def fits(points: Any, n_boot: int) -> list[dict[str, Any]]:
-    """``analysis.fit.fit_all`` with the paper's method: alpha and its interval per target."""
+    """``analysis.fit.fit_all``, the paper's method and OLS: alpha, its 95% interval and its
+    bootstrap interval per target (the paper method's t interval over 5 bins is wide)."""
     from analysis.fit import fit_all
 
     wanted = points[[m in WANTED.get(t, ()) for t, m in zip(points["eval_task"], points["metric"],
                                                             strict=True)]]
-    table, _ = fit_all(wanted, methods=("paper",), n_boot=n_boot)
+    table, _ = fit_all(wanted, methods=("paper", "ols"), n_boot=n_boot)
     out = []
     for r in table.to_dict("records"):
-        alpha, low, high = (r.get(k) for k in ("alpha", "alpha_low", "alpha_high"))
-        ok = all(isinstance(v, float) and not math.isnan(v) for v in (alpha, low, high))
+        keys = ("alpha", "alpha_low", "alpha_high", "boot_alpha_low", "boot_alpha_high")
+        v = {k: _r(r.get(k)) for k in keys}
         out.append({"family": r["family"], "task": r["task"], "metric": r["metric"],
-                    "alpha": _r(alpha), "alpha_low": _r(low), "alpha_high": _r(high),
-                    "n_points": r.get("n_points"),
-                    "excludes_zero": bool(ok and (high < 0 or low > 0))})  # type: ignore[operator]
+                    "method": r["method"], **v, "n_points": r.get("n_points"),
+                    "excludes_zero": _excludes(v["alpha_low"], v["alpha_high"]),
+                    "boot_excludes_zero": _excludes(v["boot_alpha_low"], v["boot_alpha_high"])})
     return out
+
+
+def _excludes(low: float | None, high: float | None) -> bool:
+    return low is not None and high is not None and (high < 0 or low > 0)
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
