@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir, slurm
+from tests.helpers.slurm import release
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,8 +225,8 @@ def test_time_limit_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path: 
     deadline = time.time() + 900
     while jid in (q := slurm.queue()):
         assert time.time() < deadline, f"job {jid} still queued: {rundir.events(root / run_id)[-3:]}"
-        if q[jid] == "PENDING":  # a requeued job waits for BeginTime = now + 120 s: start it now
-            subprocess.run(["scontrol", "update", f"jobid={jid}", "starttime=now"], capture_output=True)
+        if q[jid] == "PENDING":  # a requeued job waits for BeginTime = now + 120 s: start it
+            release([jid])  # soon (not at once: see RELEASE_SETTLE_S)
         seen.add(q[jid])
         time.sleep(1)
     events = [e["event"] for e in rundir.events(root / run_id)]
@@ -374,7 +375,7 @@ def test_scontrol_requeue_preempts_checkpoints_and_resumes(tmp_path: Path, data_
         time.sleep(0.5)
     table = status(root, data_root, long_sweep(tmp_path))
     assert f"{run_id}  requeued" in table and "waiting: BeginTime" in table, table
-    subprocess.run(["scontrol", "update", f"jobid={jid}", "starttime=now"], check=True)
+    release([jid])
     wait_gone([jid])
     assert rundir.state(run) == "done", rundir.events(run)[-3:]
     final = torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)

@@ -122,11 +122,31 @@ def sacct(job_ids: list[str], fields: str) -> dict[str, dict[str, str]]:
     return {r.split("|")[0]: dict(zip(names, r.split("|")[1:], strict=True)) for r in out.splitlines() if r}
 
 
-def release(job_ids: list[str]) -> None:
-    """Start held or requeued jobs now (a requeued job otherwise waits 120 s for BeginTime)."""
+RELEASE_SETTLE_S = 5.0
+"""How long a requeued job must have waited before it is released early: released within a
+second or two of its requeue, slurmctld 22.05 may still be ending the previous run ("Job
+credential revoked", the job FAILED for good; or an srun retrying "Requested nodes are busy")."""
+
+
+def release(job_ids: list[str], timeout: float = 120) -> None:
+    """Start requeued jobs now instead of after their 120 s BeginTime: each once squeue shows it
+    PENDING for BeginTime and it has waited ``RELEASE_SETTLE_S`` there (a job already running
+    or gone is left alone)."""
     for jid in job_ids:
-        subprocess.run(["scontrol", "update", f"jobid={jid}", "starttime=now"], capture_output=True,
-                       timeout=30)
+        deadline, since = time.time() + timeout, None
+        while time.time() < deadline:
+            state, reason = slurm.queue_detail().get(jid, ("", ""))
+            if state != "PENDING":
+                if state not in ("REQUEUED", "COMPLETING", "REQUEUE_HOLD"):
+                    break  # running, or gone: nothing to release
+                since = None
+            elif "BeginTime" in reason:
+                since = since or time.time()
+                if time.time() - since >= RELEASE_SETTLE_S:
+                    subprocess.run(["scontrol", "update", f"jobid={jid}", "starttime=now"],
+                                   capture_output=True, timeout=30)
+                    break
+            time.sleep(0.5)
 
 
 def row(table: str, key: str) -> str:
