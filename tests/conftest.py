@@ -47,13 +47,3 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     return write_shards(tmp_path_factory.mktemp("shards"))
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` (``make test``): the tests that need the SLURM
-    cluster run one after another on one worker (they share its two nodes, and most of their
-    time is waiting on SLURM), first, while the other workers take the rest."""
-    cluster = [item for item in items if item.get_closest_marker("slurm")]
-    for item in cluster:
-        item.add_marker(pytest.mark.xdist_group("slurm"))
-    items[:] = cluster + [item for item in items if not item.get_closest_marker("slurm")]
