@@ -46,4 +46,3 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tests.helpers.data import write_shards
 
     return write_shards(tmp_path_factory.mktemp("shards"))
-
