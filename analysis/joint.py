@@ -34,14 +34,16 @@ Laws (``FORMS``; the linear coefficients are >= 0):
     E = E_inf + A N^-alpha S_eff^-beta + D U^-delta: the paper's runs are close to a product
     of N and S (at fixed data, larger models gain the same *relative* amount from more samples:
     a sum, Chinchilla's form, makes the gain shrink with N), and small data sets add an error
-    that neither size nor samples remove (LAION-80M: ViT-L/14 gains 21 % over B/32 where it
-    gains 32 % on LAION-400M and 2B). Chosen by leave-one-out error, the criterion that does
-    not look at the held-out models: lowest of the four on ImageNet, VTAB+, MS-COCO and
-    Flickr30K; on ImageNet robustness ``chinchilla``'s is lower (README, "Planning").
+    that neither size nor samples remove (on LAION-80M ViT-L/14 gains less over B/32 than on
+    LAION-400M and 2B: ``core/reference/zeroshot_results.csv``). Chosen by leave-one-out error,
+    the criterion that does not look at the held-out models: lowest of the four on ImageNet,
+    VTAB+, MS-COCO and Flickr30K; on ImageNet robustness ``chinchilla``'s is lower (README,
+    "Planning").
 ``<form>_rho``
     the same with R_star N^-rho for R_star (larger models use up repeated data sooner, as the
-    paper's ViT-L/14 on LAION-400M suggests); not better enough on ImageNet (leave-one-out
-    1.81 % against 1.89 %, held out 1.34 % against 1.02 %) to pay for its parameter.
+    paper's ViT-L/14 on LAION-400M suggests); not better enough on ImageNet to pay for its
+    parameter (measured: ``joint_loo.csv`` and ``joint_holdout.csv`` of
+    ``python -m analysis --source paper``; README, "Planning").
 
 Fit (Hoffmann et al.'s approach 3, with Besiroglu et al. 2024's corrections): the Huber loss
 (delta = 1e-3) of log predicted - log measured error, **summed** over runs, minimised with
@@ -100,7 +102,7 @@ JOINT_METRICS = ("acc1", "image_retrieval_recall@5", "mean_average_precision")
 """Metrics the joint law is fitted to (per target: top-1 error, or image retrieval 1 - R@5)."""
 MIN_RUNS = 8
 JOINT_BOOT = 50
-"""Bootstrap resamples of the report's joint laws (each a whole refit: ~0.3 s)."""
+"""Bootstrap resamples of the report's joint laws (each a whole refit)."""
 SCALE = {"S": 1e9, "U": 1e9}
 """Units of the fit: S and U in billions of pairs, N in GMACs (or millions of parameters)."""
 
@@ -323,7 +325,7 @@ def grid_starts(form: Form, free_r: bool, log_r0: float) -> list[np.ndarray]:
 
 def single_threaded() -> contextlib.AbstractContextManager:
     """BLAS on one thread: the fits' matrices are tiny, and on shared cores OpenBLAS's thread
-    pool makes every L-BFGS-B step ~10x slower (measured on the 2-core machine)."""
+    pool makes every L-BFGS-B step many times slower."""
     if threadpool_limits is None:  # pragma: no cover
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")

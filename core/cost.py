@@ -7,8 +7,8 @@ order, from what was measured:
 
 1. ``paper``: the paper's own training jobs (``core/reference/trained_models_info.csv``,
    A100s of JUWELS Booster): each job's ``samples_per_sec`` (the whole job) / ``gpus``. A job's
-   per-GPU throughput falls as it spans more GPUs (ViT-B/32: 850 samples/s per GPU on 128 GPUs,
-   635 on 344, 228 on 824), so the figure is the median of the arch's jobs at the GPU count
+   per-GPU throughput falls as it spans more GPUs (from the paper's ``trained_models_info.csv``,
+   ViT-B/32: 850 samples/s per GPU on 128 GPUs, 635 on 344, 228 on 824), so the figure is the median of the arch's jobs at the GPU count
    nearest (in log) to the point's.
 2. ``benchmark``: this project's single-device benchmarks (``benchmarks/results/``):
    ``gpu_throughput.json`` (H200, bf16, eager) and ``gpu_throughput_compile.json``
@@ -17,7 +17,7 @@ order, from what was measured:
 3. ``assumed``: training FLOPs (3 x forward, 2 FLOPs per MAC) at the model-FLOPs utilisation
    measured for the arch nearest in GMACs on the same device (tiny_m on a CPU: tiny_s's;
    ViT-H/14 on an H200: ViT-L/14's), or, for a device without any measurement, at an assumed
-   15 % of its peak (about what the paper's A100 jobs reached).
+   15 % of its peak (an input, from the paper's jobs in ``trained_models_info.csv``).
 
 The device comes from the cluster's peak (``cluster.gpu_peak_tflops``: 312 -> A100, 989 ->
 H200; any other value is a GPU known only by its peak) or is ``cpu``
@@ -61,7 +61,8 @@ CPU_PEAK_TFLOPS = float(ClusterConfig.cpu_peak_tflops)
 DEVICES = {312.0: "A100", 989.0: "H200"}
 """Peak bf16 TFLOP/s -> device name, for the devices that have measured figures."""
 ASSUMED_MFU = 0.15
-"""Model-FLOPs utilisation assumed where nothing was measured (the paper's A100 jobs: ~15 %)."""
+"""Model-FLOPs utilisation assumed where nothing was measured (an input, about what the paper's
+A100 jobs reached by ``trained_models_info.csv``)."""
 FLOPS_PER_MAC = 2
 TRAIN_FACTOR = 3  # forward + backward ~ 3 forward passes
 

@@ -31,7 +31,7 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny models gain nothing from 2 threads, and lose 10x when other jobs share the cores."""
+    """Tiny models gain nothing from 2 threads, and lose many times over when other jobs share the cores."""
     import torch
 
     before = torch.get_num_threads()

@@ -27,7 +27,7 @@ What differs, only where ``draft`` is on and the crop is large: a JPEG whose cro
 dimensions. The crop is the same fraction of the picture, its box snapped to the reduced image's
 pixel grid (by at most half a reduced pixel: one source pixel at 1/2), and it is resized by
 torch's uint8 antialiased kernel (``interpolate(..., antialias=True)``: PIL's filter, rounded
-within 2/255 of PIL's result, 2.4x as fast), so the pixels are those of a different resampling:
+within 2/255 of PIL's result, and faster), so the pixels are those of a different resampling:
 libjpeg's DCT-domain reduction, then a milder bicubic (mean absolute difference on 512 px
 photo-like pictures: 1.4/255, 99th percentile 9/255, the largest at sharp edges). A crop below
 twice the model input (every 256 px source) is decoded at full scale and its pixels are the
@@ -116,7 +116,7 @@ class FusedTransform:
         self, img: Image.Image, box: tuple[int, int, int, int], full: tuple[int, int]
     ) -> np.ndarray:
         """The crop ``box`` (full-scale ``top, left, h, w``) of ``img``, decoded at reduced
-        scale, resized with torch's uint8 antialiased kernel (PIL's filter, 2.4x as fast)."""
+        scale, resized with torch's uint8 antialiased kernel (PIL's filter, faster than PIL's)."""
         top, left, h, w = box
         sx, sy = img.width / full[0], img.height / full[1]
         y0, x0 = _nearest(top * sy), _nearest(left * sx)

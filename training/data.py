@@ -6,9 +6,8 @@ replacement, so the stream never ends and a run is measured in samples seen, not
 corrupt or missing shard, or a corrupt sample, is skipped with a warning; only a stream in
 which nothing at all is readable stops the run (:class:`SkipErrors`).
 
-Per worker core it loads 1.8x as many samples per second as open_clip_train's ``get_wds_dataset``
-from 256 px JPEGs and 2.7x from 512 px (``benchmarks/results/loader_per_core.json``), with the
-same crops, the same tokens and, for crops decoded at full scale, the same pixels: shards are
+Per worker core it loads more samples per second than open_clip_train's ``get_wds_dataset``
+(measured: ``benchmarks/results/loader_per_core.json``), with the same crops, the same tokens and, for crops decoded at full scale, the same pixels: shards are
 read without ``tarfile``'s per-member parsing (``training.tars``), only the image and caption
 are decoded, open_clip's train transform is fused with decoding and writes each crop normalised
 into a shared-memory batch (``training.augment``), captions are tokenized a batch at a time, and
