@@ -26,6 +26,10 @@ Autocast = Callable[[], AbstractContextManager]
 """A context-manager factory (open_clip_train's ``get_autocast``) the forward passes run under."""
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+"""Devices where ``make_optimizer`` uses torch's fused AdamW by default."""
+
+
 def _no_weight_decay(name: str, p: torch.Tensor) -> bool:
     # open_clip_train/main.py's `exclude`: gains, biases and the temperature are not decayed.
     return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
@@ -37,12 +41,15 @@ def make_optimizer(
     """AdamW over open_clip_train's two parameter groups (weight decay only on matrices).
 
     ``t``: the ``train`` section (lr, beta1, beta2, eps, weight_decay). ``fused`` (default:
-    when the parameters are on a GPU) runs the update as one kernel; it is the same AdamW
-    arithmetic as open_clip_train's, up to float rounding.
+    when the parameters are on a CPU or a CUDA GPU, the devices torch has the kernel for) runs
+    the update as one pass over each tensor instead of the for-loop's several: the same AdamW
+    arithmetic as open_clip_train's, up to float rounding (``tests/test_training_parity.py``).
+    A resumed run keeps the kernel its checkpoint was trained with (the saved parameter groups
+    carry ``fused``).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if fused is None:
-        fused = bool(named) and named[0][1].is_cuda
+        fused = bool(named) and named[0][1].device.type in FUSED_DEVICES
     return torch.optim.AdamW(
         [
             {"params": [p for n, p in named if _no_weight_decay(n, p)], "weight_decay": 0.0},
