@@ -36,9 +36,12 @@ class Event(StrEnum):
     SKIPPED = "skipped"
     LEASE_TAKEN_OVER = "lease_taken_over"
     """This process took over a stale lease (``previous``: its holder, ``reason``)."""
+    LEASE_LOST = "lease_lost"
+    """A stalled holder found its lease taken over and stopped without saving (``reason``
+    names the new holder; ``step``: where training stopped, if it trained)."""
 
 
-NOT_STATE_CHANGES = frozenset({Event.SKIPPED, Event.LEASE_TAKEN_OVER})
+NOT_STATE_CHANGES = frozenset({Event.SKIPPED, Event.LEASE_TAKEN_OVER, Event.LEASE_LOST})
 """Events that record something without changing the run's state."""
 
 
@@ -60,6 +63,17 @@ class RunState(StrEnum):
 
 TERMINAL = frozenset({RunState.DONE, RunState.FAILED, RunState.CANCELLED})
 """States in which no process works on the run (until it is relaunched)."""
+
+
+class PointResult(StrEnum):
+    """The ``state`` of what ``launcher.run.run_point`` returns (the launchers read it)."""
+
+    DONE = "done"
+    """Trained and evaluated (now or before: ``skipped``)."""
+    TRAINED = "trained"
+    """Trained; its evaluation runs in a job of its own."""
+    HELD = "held"
+    """Skipped: a live process elsewhere holds the run's lease (``held_by`` says who)."""
 
 
 class LiveState(StrEnum):

@@ -13,6 +13,11 @@ that finds a live lease does not touch the run: it says who holds it and skips (
 the caller (which logs it): gone means its pid no longer runs (holder on this host), its SLURM
 job is no longer in the queue, or its heartbeat is older than ``lease.stale_after_s``. A
 takeover renames the stale file aside (one rename wins) before creating the new one.
+
+A holder that stalled past ``lease.stale_after_s`` may find its lease taken over: it must then
+stop at once without writing anything more into the folder (:meth:`Lease.lost_reason`, which
+the trainer asks after every step and before every save; ``launcher.run`` then raises
+:class:`LeaseLost`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,18 @@ class Holder:
     def describe(self) -> str:
         job = f", SLURM job {self.job_id}" if self.job_id else ""
         return f"{self.purpose} by pid {self.pid} on {self.host}{job}, since {self.started}"
+
+
+class LeaseLost(SystemExit):
+    """This process lost its lease (another took it over) and stopped without saving; the exit
+    message is one line naming the new holder, the exit status 1."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class LeaseHeld(RuntimeError):
@@ -104,7 +121,10 @@ class Lease:
         self.me = Holder(socket.gethostname(), os.getpid(), job_id, purpose,
                          time.strftime("%Y-%m-%dT%H:%M:%S%z"), uuid.uuid4().hex)
         self.lost = False
+        self.new_holder: Holder | None = None
+        """Who holds the lease once it was lost (None: its file was removed or unreadable)."""
         self._stop = threading.Event()
+        self._checked = 0.0
 
     # -- taking it
 
@@ -199,17 +219,43 @@ class Lease:
                          daemon=True).start()
 
     def _mine(self) -> bool:
-        try:
-            holder, _ = _read(self.path)
-        except FileNotFoundError:
-            return False
-        return holder is not None and holder.token == self.me.token
+        for attempt in range(2):
+            try:
+                holder, _ = _read(self.path)
+            except FileNotFoundError:
+                # a taker that moved our lease aside by mistake links it back at once
+                if attempt == 0:
+                    time.sleep(0.05)
+                    continue
+                holder = None
+            if holder is not None and holder.token != self.me.token:
+                self.new_holder = holder
+            return holder is not None and holder.token == self.me.token
+        return False
+
+    def _lose(self) -> None:
+        if not self.lost:
+            self.lost = True
+            log.error("lost the lease %s (taken over after a stall?): %s", self.path,
+                      self.lost_reason())
+
+    def lost_reason(self, recheck_s: float = 1.0) -> str | None:
+        """Why this process no longer holds the lease (naming the new holder), or None while it
+        does. Cheap: it reads the lease file at most every ``recheck_s`` seconds (the heartbeat
+        thread checks too)."""
+        if not self.lost and time.monotonic() - self._checked >= recheck_s:
+            self._checked = time.monotonic()
+            if not self._mine():
+                self._lose()
+        if not self.lost:
+            return None
+        who = self.new_holder.describe() if self.new_holder else "nobody (its file was removed)"
+        return f"lost the lease of {self.path.parent.name}: now held for {who}"
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             if not self._mine():
-                self.lost = True
-                log.error("lost the lease %s (taken over after a stall?)", self.path)
+                self._lose()
                 return
             try:
                 os.utime(self.path)

@@ -23,9 +23,9 @@ from core.atomic import atomic_write_json, atomic_write_text
 from core.errors import Cancelled, Preempted
 from core.identity import trunk_id, trunk_identity
 from core.schema import Stage
-from core.states import Event, RunState
+from core.states import Event, PointResult, RunState
 from launcher import rundir
-from launcher.lease import RUN_LEASE, Lease, LeaseHeld, Takeover
+from launcher.lease import RUN_LEASE, Lease, LeaseHeld, LeaseLost, Takeover
 from launcher.plan import Point, branch_fork, check, is_branch, make_point, trunk_progress
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,12 @@ def run_point(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, 
     returns a summary dict.
 
     The process holds the run's lease (``launcher.lease``) while it works: a point held by a
-    live process elsewhere is skipped (``"state": "held"``), or waited for (``lease.wait_s``);
-    a stale lease is taken over and the takeover logged. In a job of several processes
+    live process elsewhere is skipped (``"state": PointResult.HELD``), or waited for
+    (``lease.wait_s``); a stale lease is taken over and the takeover logged. A lease of a SLURM
+    job that squeue no longer shows is stale at once, whoever asks (a local launch too). A
+    holder whose lease is taken over (it stalled past ``lease.stale_after_s``) stops without
+    writing anything more, logs ``lease_lost`` and exits with status 1 (:class:`LeaseLost`,
+    one line naming the new holder). In a job of several processes
     (``RANK`` set: a multi-node SLURM job, torchrun) every rank trains; rank 0 alone holds the
     lease, writes the run folder's log and evaluates.
     """
@@ -56,17 +60,18 @@ def run_point(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, 
         return _follower(cfg, point.run_dir, stage)
     if point.state == RunState.DONE:
         log.info("%s: done already, skipped", point.run_id)
-        return {"run_id": point.run_id, "state": RunState.DONE, "skipped": True}
+        return {"run_id": point.run_id, "state": PointResult.DONE, "skipped": True}
     job = slurm_job()
     lease = Lease(point.run_dir / RUN_LEASE, f"stage={stage}", job_id=job.get("job_id"),
                   heartbeat_s=cfg.lease.heartbeat_s, stale_after_s=cfg.lease.stale_after_s,
-                  queue=_queue if job else None)
+                  queue=_queue)  # asked only about a lease that names a job on another host
     try:
         with lease.hold(wait_s=cfg.lease.wait_s) as takeover:
-            return _run_held(cfg, point, stage, takeover)
+            return _run_held(cfg, point, stage, lease, takeover)
     except LeaseHeld as e:
         log.warning("%s: skipped: %s", point.run_id, e)
-        return {"run_id": point.run_id, "state": "held", "skipped": True, "held_by": str(e)}
+        return {"run_id": point.run_id, "state": PointResult.HELD, "skipped": True,
+                "held_by": str(e)}
 
 
 def _queue() -> set[str]:
@@ -75,7 +80,16 @@ def _queue() -> set[str]:
     return set(slurm.queue())
 
 
-def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | None) -> dict[str, Any]:
+def _guard(lease: Lease) -> None:
+    """Raise :class:`LeaseLost` once another process took the lease over: from then on nothing
+    more is written into the run folder."""
+    reason = lease.lost_reason()
+    if reason is not None:
+        raise LeaseLost(f"{reason}; stopped without saving")
+
+
+def _run_held(cfg: DictConfig, point: Point, stage: Stage, lease: Lease,
+              takeover: Takeover | None) -> dict[str, Any]:
     """The point's work, under its lease."""
     path = _prepare_trunk(cfg, point.run_dir) if point.trunk_until else rundir.prepare(cfg)
     if takeover is not None:
@@ -83,11 +97,11 @@ def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | 
         rundir.log_event(path, Event.LEASE_TAKEN_OVER, previous=previous, reason=takeover.reason)
         log.warning("%s: took over a stale lease: %s", point.run_id, takeover.reason)
     if point.trunk_until:
-        return _run_segment(cfg, point, path)
+        return _run_segment(cfg, point, path, lease)
     state = rundir.state(path)  # again, under the lease: the previous holder may have finished
     if state == RunState.DONE:
         log.info("%s: done already, skipped", point.run_id)
-        return {"run_id": point.run_id, "state": RunState.DONE, "skipped": True}
+        return {"run_id": point.run_id, "state": PointResult.DONE, "skipped": True}
     if stage == Stage.eval and not rundir.training_finished(path):
         raise RuntimeError(f"{point.run_id}: stage=eval, but its training has not finished "
                            f"(state {state}); relaunch the point to train it first")
@@ -108,19 +122,20 @@ def _run_held(cfg: DictConfig, point: Point, stage: Stage, takeover: Takeover | 
             synthetic.ensure_datasets(cfg, eval_only=stage == Stage.eval)
         if stage != Stage.eval:
             with _timed(spent, "seconds_train"):
-                result = _train(cfg, path)
+                result = _train(cfg, path, lease)
             if stage == Stage.train and len(cfg.eval.datasets):
                 log.info("%s: trained; evaluation follows in its own job", point.run_id)
-                return {"run_id": point.run_id, "state": RunState.TRAINED, "skipped": False,
+                return {"run_id": point.run_id, "state": PointResult.TRAINED, "skipped": False,
                         **result}
         with _timed(spent, "seconds_eval"):
-            _evaluate_final(cfg, point, path)
+            _evaluate_final(cfg, point, path, lease)
+        _guard(lease)
     except BaseException as e:  # KeyboardInterrupt and SIGTERM too: the log must say why it stopped
         _log_stop(point, path, stage, e)
         raise
     rundir.log_event(path, Event.DONE, seconds=round(time.time() - tic, 1), **spent)
     log.info("%s: done in %.0f s", point.run_id, time.time() - tic)
-    return {"run_id": point.run_id, "state": RunState.DONE, "skipped": False, **result}
+    return {"run_id": point.run_id, "state": PointResult.DONE, "skipped": False, **result}
 
 
 @contextlib.contextmanager
@@ -170,14 +185,14 @@ def _role(cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
-def _run_segment(cfg: DictConfig, point: Point, path: Path) -> dict[str, Any]:
+def _run_segment(cfg: DictConfig, point: Point, path: Path, lease: Lease) -> dict[str, Any]:
     """Train the trunk to ``train.trunk_until`` (nothing when it is there already), pinning a
     checkpoint there and every ``train.fork_every`` samples; ``start`` and ``trained`` go to
     the trunk's status log."""
     until = point.trunk_until
     if trunk_progress(path) >= until:
         log.info("%s: trained to step %d already, skipped", point.run_id, until)
-        return {"run_id": point.run_id, "state": RunState.DONE, "skipped": True}
+        return {"run_id": point.run_id, "state": PointResult.DONE, "skipped": True}
     rundir.log_event(path, Event.START, stage=Stage.train, trunk_until=until, **slurm_job())
     spent: dict[str, float] = {}
     try:
@@ -185,30 +200,42 @@ def _run_segment(cfg: DictConfig, point: Point, path: Path) -> dict[str, Any]:
             import synthetic  # torch: kept off the plan's path
 
             synthetic.ensure_datasets(cfg)
-        from training.train import train
-
         with _timed(spent, "seconds_train"):
-            result = train(cfg, path, **_role(cfg))
+            result = _train_guarded(cfg, path, lease, **_role(cfg))
+        _guard(lease)
     except BaseException as e:
         _log_stop(point, path, Stage.train, e)
         raise
     rundir.log_event(path, Event.TRAINED, step=result["step"], samples_seen=result["samples_seen"],
                      loss=result["loss"], seconds=round(result["seconds"] or 0, 1),
                      resumed_from=result["resumed_from"], **spent)
-    return {"run_id": point.run_id, "state": RunState.DONE, "skipped": False, **result}
+    return {"run_id": point.run_id, "state": PointResult.DONE, "skipped": False, **result}
 
 
-def _train(cfg: DictConfig, path: Path) -> dict[str, Any]:
+def _train_guarded(cfg: DictConfig, path: Path, lease: Lease, **kwargs: Any) -> dict[str, Any]:
+    """``training.train.train`` under ``lease``: it stops, saving nothing, once the lease is
+    lost (:class:`LeaseLost`)."""
+    from training.stop import Abandoned
+    from training.train import train
+
+    try:
+        return train(cfg, path, should_stop=lease.lost_reason, **kwargs)
+    except Abandoned as e:
+        raise LeaseLost(f"{e.reason}; stopped at step {e.step} without saving") from None
+
+
+def _train(cfg: DictConfig, path: Path, lease: Lease) -> dict[str, Any]:
     """Train (or find trained) and log ``trained`` once; with ``train.zeroshot_every`` the
     trainer calls back into evaluation at those steps (records with ``final: false``) and
     reports the records to ``train.report_to`` with its own scalars."""
     from evaluation.evaluate import evaluate
-    from training.train import train
 
     def learning_curve(ckpt: Path, step: int) -> list[dict[str, Any]]:
+        _guard(lease)
         return evaluate(cfg, path, ckpt, step=step, final=False)
 
-    result = train(cfg, path, evaluate_checkpoint=learning_curve, **_role(cfg))
+    result = _train_guarded(cfg, path, lease, evaluate_checkpoint=learning_curve, **_role(cfg))
+    _guard(lease)
     if not result.get("skipped") or not rundir.training_finished(path):
         forked = {"forked_from": result["forked_from"]} if result.get("forked_from") else {}
         rundir.log_event(path, Event.TRAINED, step=result["step"],
@@ -218,7 +245,7 @@ def _train(cfg: DictConfig, path: Path) -> dict[str, Any]:
     return result
 
 
-def _evaluate_final(cfg: DictConfig, point: Point, path: Path) -> None:
+def _evaluate_final(cfg: DictConfig, point: Point, path: Path, lease: Lease) -> None:
     """Evaluate the complete final checkpoint, report its records (``train.report_to``: the
     same TensorBoard folder and W&B run as the training's) and log ``evaluated``."""
     from evaluation.evaluate import evaluate
@@ -229,14 +256,20 @@ def _evaluate_final(cfg: DictConfig, point: Point, path: Path) -> None:
         raise RuntimeError(f"{point.run_id}: no complete final checkpoint in "
                            f"{path / 'checkpoints'} to evaluate")
     step = int(checkpoint.read_marker(final)["step"])
+    _guard(lease)  # evaluate writes records: not once another process owns the folder
     records = evaluate(cfg, path, str(final), step=step, final=True)
     with report.for_run(cfg, path) as reporter:
         reporter.records(records)
+    _guard(lease)
     rundir.log_event(path, Event.EVALUATED, records=len(records))
 
 
 def _log_stop(point: Point, path: Path, stage: Stage, e: BaseException) -> None:
     """Log why the attempt stopped; raise :class:`Cancelled` for a cancelled point's stop."""
+    if isinstance(e, LeaseLost):  # another process owns the folder: one line in its log, no more
+        rundir.log_event(path, Event.LEASE_LOST, reason=e.message, stage=stage, **slurm_job())
+        log.error("%s: %s", point.run_id, e.message)
+        return
     if isinstance(e, SystemExit) and _last_event(path) == Event.REQUEUED:
         # submitit requeues the job and exits; the SLURM launcher's checkpoint() logged it
         log.warning("%s: requeued; resumes from its newest checkpoint", point.run_id)
@@ -285,4 +318,4 @@ def _follower(cfg: DictConfig, path: Path, stage: Stage) -> dict[str, Any]:
 
     synthetic.ensure_datasets(cfg)
     result = train(cfg, path, evaluate_checkpoint=_rank0_only, **_role(cfg))
-    return {"run_id": path.name, "state": RunState.TRAINED, "rank": int(os.environ["RANK"]), **result}
+    return {"run_id": path.name, "state": PointResult.TRAINED, "rank": int(os.environ["RANK"]), **result}

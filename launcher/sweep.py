@@ -28,6 +28,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
 from core.errors import ConfigError, SweepError
+from core.states import PointResult
 from launcher import hydra_internals
 from launcher.plan import Point, check, make_point, table, with_trunks
 from launcher.policy import Action, RelaunchPolicy
@@ -187,7 +188,8 @@ def report_returns(points: list[Point], returns: Sequence[Any]) -> None:
         error = hydra_internals.job_error(ret)
         if error is not None:
             failed.append(f"{point.run_id}: {type(error).__name__}: {error}")
-        elif isinstance(ret.return_value, dict) and ret.return_value.get("state") == "held":
+        elif (isinstance(ret.return_value, dict)
+              and ret.return_value.get("state") == PointResult.HELD):
             held.append(f"{point.run_id}: {ret.return_value.get('held_by')}")
     finished = len(points) - len(failed) - len(held)
     print(f"{finished} point(s) finished, {len(held)} held by another process (skipped), "

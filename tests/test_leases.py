@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from launcher import rundir
-from launcher.lease import Lease, LeaseHeld
+from launcher.lease import RUN_LEASE, Holder, Lease, LeaseHeld
 from tests.helpers.procs import ROOT
 
 
@@ -61,6 +63,20 @@ def test_a_stale_heartbeat_is_taken_over_and_a_live_one_is_not(tmp_path: Path):
     other.release()
 
 
+def test_a_lease_of_a_job_no_longer_in_the_queue_is_taken_over(tmp_path: Path):
+    path = tmp_path / "lease.json"
+    gone = Holder("another-node", 4242, "999", "stage=all", "then", "old")
+    path.write_text(json.dumps(asdict(gone)))  # fresh heartbeat: only the queue can tell
+    queued = Lease(path, "stage=all", queue=lambda: {"999", "5"})
+    with pytest.raises(LeaseHeld):  # still queued: held
+        queued.acquire()
+    lease = Lease(path, "stage=all", job_id="5", queue=lambda: {"5"})
+    takeover = lease.acquire()
+    assert takeover is not None and takeover.previous == gone
+    assert takeover.reason == "SLURM job 999 is no longer in the queue"
+    lease.release()
+
+
 def _race(path: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue) -> None:
     lease = Lease(Path(path), "race")
     barrier.wait()
@@ -87,9 +103,9 @@ def test_of_many_concurrent_takers_exactly_one_wins(tmp_path: Path):
     assert results == ["held"] * (n - 1) + ["won"]
 
 
-def _launch(root: Path, *extra: str) -> subprocess.Popen:
+def _launch(root: Path, *extra: str, samples: str = "s18k") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "launch.py", "-m", "model=tiny_s", "data=syn4k", "samples=s18k",
+        [sys.executable, "launch.py", "-m", "model=tiny_s", "data=syn4k", f"samples={samples}",
          "eval=none", f"root={root}", f"data_root={root.parent / 'data'}", "train.workers=0",
          *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
@@ -100,31 +116,77 @@ def _events(root: Path) -> list[dict]:
     return rundir.events(run)
 
 
+def _wait_for(what: str, found: Callable[[], bool], proc: subprocess.Popen,
+              timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not found():
+        if proc.poll() is not None:
+            pytest.fail(f"the launch ended before {what}: {proc.communicate()[0]}")
+        if time.time() > deadline:
+            pytest.fail(f"no {what} in {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _train_lines(root: Path) -> int:
+    logs = list(root.glob("*/train_log.jsonl"))
+    return logs[0].read_text().count("\n") if logs else 0
+
+
 @pytest.mark.slow
 def test_two_concurrent_launches_of_one_point_train_it_once(tmp_path: Path):
     root = tmp_path / "runs"
-    a, b = _launch(root), _launch(root)
-    outs = [p.communicate(timeout=600)[0] for p in (a, b)]
-    assert [p.returncode for p in (a, b)] == [0, 0], outs
+    a = _launch(root, samples="s54k")
+    _wait_for("lease file", lambda: any(root.glob(f"*/{RUN_LEASE}")), a)
+    b = _launch(root, samples="s54k")  # while the first holds the point
+    out_b = b.communicate(timeout=600)[0]
+    out_a = a.communicate(timeout=600)[0]
+    assert [a.returncode, b.returncode] == [0, 0], (out_a, out_b)
+    assert "1 point(s) to run" in out_b, out_b  # it was not done yet: the lease alone stopped it
+    assert "0 point(s) finished, 1 held by another process (skipped), 0 failed" in out_b, out_b
+    assert "1 point(s) finished, 0 held" in out_a, out_a
     names = [e["event"] for e in _events(root)]
     assert names.count("start") == 1 and names.count("trained") == 1, names
     assert names.count("done") == 1
-    assert any("held by another process" in o and "1 held" in o or "0 point(s) to run" in o
-               for o in outs), outs
+
+
+@pytest.mark.slow
+def test_a_holder_that_lost_its_lease_stops_without_saving(tmp_path: Path):
+    root = tmp_path / "runs"
+    first = _launch(root, "train.log_every=1", "train.checkpoint_every=5", "lease.heartbeat_s=0.5",
+                    samples="s54k")
+    _wait_for("training steps", lambda: _train_lines(root) >= 6, first)
+    (path,) = root.glob(f"*/{RUN_LEASE}")
+    run = path.parent
+    # a takeover after a stall: another process finds the heartbeat stale and takes the lease
+    taker = Lease(path, "stage=all (the new holder)", stale_after_s=0, heartbeat_s=0.5)
+    takeover = taker.acquire()
+    assert takeover is not None and takeover.previous is not None
+    assert takeover.previous.pid != os.getpid()
+    ckpts_then = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*")}
+    try:
+        out = first.communicate(timeout=120)[0]
+        assert first.returncode == 1, out
+        (line,) = [ln for ln in out.splitlines() if ln.startswith("error:")]
+        assert f"lost the lease of {run.name}: now held for stage=all (the new holder) " \
+               f"by pid {os.getpid()}" in line and "without saving" in line, out
+        ckpts_now = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*")}
+        assert ckpts_now == ckpts_then, "the old holder wrote checkpoints after the takeover"
+        assert "final.pt" not in ckpts_now
+        events = rundir.events(run)
+        lost = [e for e in events if e["event"] == "lease_lost"]
+        assert len(lost) == 1 and f"by pid {os.getpid()}" in lost[0]["reason"], events
+        assert [e["event"] for e in events].count("trained") == 0, events
+        assert rundir.state(run) == "partial"  # lease_lost does not change the run's state
+        assert taker._mine()  # the old holder left the new holder's lease alone
+    finally:
+        taker.release()
 
 
 @pytest.mark.slow
 def test_a_holder_killed_with_sigkill_leaves_a_lease_the_next_launch_takes_over(tmp_path: Path):
     root = tmp_path / "runs"
     first = _launch(root, "train.checkpoint_every=4")
-    deadline = time.time() + 300
-    while time.time() < deadline:  # until it has trained a few steps under its lease
-        logs = list(root.glob("*/train_log.jsonl"))
-        if logs and logs[0].read_text().count("\n") >= 2:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("no training log appeared")
+    _wait_for("training log", lambda: _train_lines(root) >= 2, first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     (lease,) = root.glob("*/lease.json")

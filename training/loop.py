@@ -24,7 +24,7 @@ from training import checkpoint, data, metrics, schedule, step
 from training.distributed import barrier
 from training.report import Reporter
 from training.state import Run
-from training.stop import StopFlag
+from training.stop import StopFlag, check_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,12 @@ def _after_step(
     evaluate_checkpoint: EvaluateCheckpoint | None,
     reporter: Reporter | None,
 ) -> None:
-    """Log; then, unless it was the last step: stop (checkpoint, raise Preempted) when asked,
+    """Stop at once, saving nothing, when ``run.should_stop`` says so (raise Abandoned); log;
+    then, unless it was the last step: stop (checkpoint, raise Preempted) when asked,
     checkpoint every ``train.checkpoint_every`` steps (not after a non-finite loss), evaluate
     every ``train.zeroshot_every`` steps."""
     t = run.cfg.train
+    check_abandoned(run.should_stop, run.step, run.dist, run.device)
     last = run.step == run.plan.total_steps
     if run.dist.main and (last or run.step % max(int(t.log_every), 1) == 0):
         metrics.write(run, meter.line(run, lr), reporter)

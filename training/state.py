@@ -21,6 +21,7 @@ from training import checkpoint, data
 from training.distributed import Dist, barrier
 from training.schedule import Branch, Trunk
 from training.step import unwrap
+from training.stop import ShouldStop, check_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class Run:
     """Set when this run is a branch: with no checkpoint of its own it starts from the trunk."""
     forked_from: Path | None = None
     """The trunk checkpoint this attempt started from, if any."""
+    should_stop: ShouldStop | None = None
+    """Asked before every save (:func:`training.stop.check_abandoned`): a lost lease saves nothing."""
 
     @property
     def samples_seen(self) -> int:
@@ -107,7 +110,9 @@ class Run:
 
     def save(self, final: bool, pin: bool = False) -> Path:
         """Checkpoint (rank 0 writes; every rank waits for it, so none runs ahead of a save);
-        ``pin``: never pruned (a trunk's fork points)."""
+        ``pin``: never pruned (a trunk's fork points). Raises :class:`training.stop.Abandoned`,
+        saving nothing, when ``should_stop`` says so."""
+        check_abandoned(self.should_stop, self.step, self.dist, self.device)
         path = checkpoint.checkpoint_dir(self.run_dir) / (
             checkpoint.FINAL if final else f"step_{self.step:08d}.pt"
         )

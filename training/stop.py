@@ -1,10 +1,13 @@
 """Stop requests: SIGTERM/SIGUSR2 (what SLURM sends before a time limit or a preemption) make the
-run checkpoint at the next step boundary and raise :class:`core.errors.Preempted`."""
+run checkpoint at the next step boundary and raise :class:`core.errors.Preempted`; a caller's
+``should_stop`` (the run's lease was lost: another process owns the folder now) makes it stop at
+once, saving nothing, and raise :class:`Abandoned`."""
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,6 +16,10 @@ from training.distributed import Dist, any_rank
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 """What SLURM sends before a time limit or a preemption."""
+ShouldStop = Callable[[], str | None]
+"""``should_stop()``: why the run must stop at once without writing anything more into its
+folder (its lease was taken over), or None to go on. Asked after every step and before every
+checkpoint save, so it must be cheap."""
 PREEMPTED_EXIT_CODE = 3
 """Exit status a CLI wrapper should use for :class:`core.errors.Preempted` (requeue, do not mark failed)."""
 
@@ -41,3 +48,20 @@ class StopFlag:
     def requested(self, dist_: Dist, device: torch.device) -> bool:
         """True on every rank when any rank got a signal (all must save the same step)."""
         return any_rank(self.signum is not None, dist_, device)
+
+
+class Abandoned(Exception):
+    """The run stopped at ``step`` without saving: ``should_stop`` said ``reason``."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"stopped at step {step} without saving: {reason}")
+        self.step, self.reason = step, reason
+
+
+def check_abandoned(should_stop: ShouldStop | None, step: int, dist_: Dist,
+                    device: torch.device) -> None:
+    """Raise :class:`Abandoned` on every rank when ``should_stop`` (rank 0's; None elsewhere)
+    gives a reason on any rank; every rank calls it at the same points."""
+    reason = should_stop() if should_stop is not None else None
+    if any_rank(reason is not None, dist_, device):
+        raise Abandoned(step, reason or "rank 0 was told to stop")

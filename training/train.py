@@ -24,7 +24,7 @@ from training.loop import EvaluateCheckpoint, run_loop
 from training.report import Reporter
 from training.schedule import Branch, Trunk
 from training.state import Run
-from training.stop import StopFlag
+from training.stop import ShouldStop, StopFlag
 
 
 def make_plan(cfg: DictConfig, world: int = 1, trunk: Trunk | None = None) -> Steps:
@@ -45,6 +45,7 @@ def train(
     *,
     trunk: Trunk | None = None,
     branch: Branch | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> dict[str, Any]:
     """Train one grid point to ``cfg.samples.seen`` pairs in ``run_dir``; resumable.
 
@@ -73,6 +74,11 @@ def train(
     and :class:`core.errors.NonFiniteLoss` after ``train.max_nonfinite`` non-finite losses in
     a row (a non-finite loss skips its step's update).
 
+    ``should_stop`` (:data:`training.stop.ShouldStop`; rank 0's, the others pass None) is asked
+    after every step and before every save: once it gives a reason (the run's lease was taken
+    over, another process owns the folder), training stops at once and raises
+    :class:`training.stop.Abandoned`, writing no checkpoint and no final weights.
+
     ``train.schedule=const_cooldown`` (:mod:`training.schedule`): with ``trunk``, ``run_dir`` is
     the points' shared trunk, trained at constant LR up to ``trunk.until`` from its newest
     checkpoint (none later: nothing is trained), pinning a checkpoint at every ``trunk.keep``
@@ -82,7 +88,7 @@ def train(
     the result then names it (``forked_from``).
     """
     if trunk is not None:
-        return _train_trunk(cfg, Path(run_dir), trunk)
+        return _train_trunk(cfg, Path(run_dir), trunk, should_stop)
     if cfg.train.zeroshot_every > 0 and evaluate_checkpoint is None:
         raise ValueError(
             f"train.zeroshot_every={cfg.train.zeroshot_every} needs an evaluate_checkpoint "
@@ -100,6 +106,7 @@ def train(
     )
     with StopFlag() as stop, reporting as reporter_:
         run, preprocess, tokenizer = _build(cfg, run_dir, dist_, branch=branch)
+        run.should_stop = should_stop
         reporter_.start(run.samples_seen)
         if run.step < run.plan.total_steps:
             run_loop(run, preprocess, tokenizer, stop, evaluate_checkpoint, reporter_)
@@ -109,11 +116,13 @@ def train(
         return out
 
 
-def _train_trunk(cfg: DictConfig, run_dir: Path, trunk: Trunk) -> dict[str, Any]:
+def _train_trunk(cfg: DictConfig, run_dir: Path, trunk: Trunk,
+                 should_stop: ShouldStop | None) -> dict[str, Any]:
     """A trunk segment (see :func:`train`): returns the result of its newest checkpoint."""
     dist_ = distributed.init_distributed("cuda" if torch.cuda.is_available() else "cpu")
     with StopFlag() as stop, report.for_run(cfg, run_dir, main=dist_.main) as reporter_:
         run, preprocess, tokenizer = _build(cfg, run_dir, dist_, trunk=trunk)
+        run.should_stop = should_stop
         reporter_.start(run.samples_seen)
         if run.step >= trunk.until:  # trained that far already
             out = run.result(state.newest(run_dir))
