@@ -179,6 +179,76 @@ def test_build_folder_on_full_disk(tmpfs):
     assert [p.name for p in fs.iterdir()] == ["filler"]  # no temporary sibling left
 
 
+def _record(step: int, note: str) -> dict:
+    from store.records import REQUIRED_KEYS, SCHEMA_VERSION
+
+    rec: dict = {k: "x" for k in REQUIRED_KEYS}
+    rec.update(schema_version=SCHEMA_VERSION, dataset="wds/synth_shapes",
+               task="zeroshot_classification", step=step, metrics={"acc1": 0.5}, note=note)
+    return rec
+
+
+def test_an_eval_record_on_full_disk_keeps_the_old_one(tmpfs):
+    from store.records import read_record, record_path, write_record
+
+    fs = tmpfs(2 * MB)
+    run = fs / "run"
+    path = write_record(run, _record(10, "old"))
+    assert path == record_path(run, 10, "wds/synth_shapes", "zeroshot_classification")
+    fill(fs, 32 * 1024)
+
+    with pytest.raises(DiskFull) as info:
+        write_record(run, _record(10, "n" * MB))  # a rewrite of the same record
+    err = info.value
+    assert err.path == path and str(err).startswith(f"no space left on device writing {path}: ")
+    assert err.needed > MB > err.free and "(tmpfs)" in str(err)
+    assert read_record(path)["note"] == "old"
+    assert no_tmp_left(fs)
+
+
+def test_the_sweep_manifest_on_full_disk_keeps_the_old_one(tmpfs):
+    from launcher.slurm import manifest_path, update_manifest
+
+    fs = tmpfs(2 * MB)
+    path = manifest_path(fs / "runs", "demo")
+    path.parent.mkdir(parents=True)
+    update_manifest(path, {"run-a": {"job_id": "1", "overrides": ["model=tiny_s"]}})
+    before = path.read_bytes()
+    fill(fs, 32 * 1024)
+
+    with pytest.raises(DiskFull) as info:
+        update_manifest(path, {"run-b": {"job_id": "2", "overrides": ["z" * MB]}})
+    err = info.value
+    check_one_line(err, path)
+    assert path.read_bytes() == before  # run-a's entry is intact, not torn
+    assert list(json.loads(path.read_text())["points"]) == ["run-a"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # not moved aside as unreadable
+    assert no_tmp_left(fs)
+
+
+def test_a_status_log_event_on_full_disk_leaves_the_log_whole(tmpfs):
+    from core.states import Event
+    from launcher import rundir
+
+    fs = tmpfs(2 * MB)
+    run = fs / "run"
+    run.mkdir()
+    rundir.log_event(run, Event.START, stage="all")
+    before = (run / "status.jsonl").read_bytes()
+    filler = fill(fs, 0)
+
+    with pytest.raises(DiskFull) as info:
+        rundir.log_event(run, Event.FAILED, error="e" * 100_000)
+    assert info.value.path == run / "status.jsonl"
+    assert "no space left on device writing" in str(info.value)
+    assert (run / "status.jsonl").read_bytes() == before
+    assert rundir.state(run) == "partial"  # the log still parses: the start stands
+
+    filler.unlink()
+    rundir.log_event(run, Event.DONE)
+    assert [e["event"] for e in rundir.events(run)] == ["start", "done"]
+
+
 # ---------------------------------------------------------------------------------------------
 # No mount needed
 
