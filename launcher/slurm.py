@@ -158,9 +158,12 @@ def live_state(run_state: RunState, jid: str | None, squeue: dict[str, str],
                sacct: dict[str, str], last_event: str | None = None) -> LiveState:
     """A point's state from its run folder's state and SLURM's view of its job.
 
-    The run folder wins once it says done/failed/cancelled; a queued job shows as pending,
-    running or requeued; a job that ended without the run folder knowing (killed, node lost,
-    cancelled before it started) shows as SLURM's verdict."""
+    While SLURM holds the job (squeue shows it, not completing), SLURM wins unless the run
+    folder says done or cancelled: the point shows as pending, running or requeued (requeued
+    when pending after a failed attempt, a node failure say, or a logged requeue/preemption),
+    even if its last attempt logged ``failed``. Otherwise a terminal run folder
+    (done/failed/cancelled) wins; a job that ended without the run folder knowing (killed, node
+    lost, cancelled before it started) shows as SLURM's verdict (sacct)."""
     if (jid is not None and jid in squeue and squeue[jid] != "COMPLETING"
             and run_state not in (RunState.DONE, RunState.CANCELLED)):
         # SLURM holds the job: believe it, whatever the attempt logged (a failed attempt whose

@@ -136,7 +136,7 @@ def plan_sweep(master: DictConfig, overrides: list[Override],
     ``compose`` maps a point's overrides to its config; the sweeper passes a
     :class:`launcher.compose.Composer` (Hydra once per distinct set of group choices). Nothing
     is launched when any point is invalid: all the errors are raised together, each
-    naming its point and key. A dry run prints the plan and returns no point. Done points are
+    naming its point and key (one bad point: its one line, as the single-point path prints it). A dry run prints the plan and returns no point. Done points are
     always skipped; failed ones are retried unless ``retry_failed=false``. const_cooldown
     points come after the segments of their trunk (:func:`launcher.plan.with_trunks`).
     """
@@ -154,6 +154,8 @@ def plan_sweep(master: DictConfig, overrides: list[Override],
             errors.append(f"point [{' '.join(ov)}]: {composition_error(e)}")
             continue
         points.setdefault(point.run_id, point)  # duplicates (same identity) merge
+    if len(errors) == 1:  # the same one line as the single-point path (launch.py without -m)
+        raise ConfigError(errors[0])
     if errors:
         raise ConfigError(f"{len(errors)} point(s) cannot run; nothing was launched:\n  "
                           + "\n  ".join(errors))

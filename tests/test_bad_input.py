@@ -19,13 +19,24 @@ def _launch(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           text=True, timeout=120, env={**os.environ, **(env or {})})
 
 
+BAD_LINE = "error: point [samples.seen=-5 root={root} eval=none]: samples.seen must be positive, got -5"
+"""What both paths print for one bad point: the same one line."""
+
+
 @pytest.mark.parametrize("multirun", [False, True], ids=["single", "sweep"])
 def test_a_bad_value_is_one_line_and_exit_status_2(tmp_path: Path, multirun: bool):
     out = _launch(*(["-m"] if multirun else []), "samples.seen=-5", f"root={tmp_path}", "eval=none")
     assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    assert "samples.seen must be positive, got -5" in out.stderr
+    assert out.stderr.strip() == BAD_LINE.format(root=tmp_path), out.stderr
     assert not [p for p in tmp_path.iterdir() if p.name != "_hydra"]  # no run folder
+
+
+def test_several_bad_points_are_listed_together(tmp_path: Path):
+    out = _launch("-m", "samples.seen=-5,-6", f"root={tmp_path}", "eval=none")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == "error: 2 point(s) cannot run; nothing was launched:", lines
+    assert [ln.strip().rsplit(" ", 1)[-1] for ln in lines[1:]] == ["-5", "-6"], lines
 
 
 def test_hydra_full_error_keeps_the_traceback(tmp_path: Path):
