@@ -382,8 +382,10 @@ def test_scontrol_requeue_preempts_checkpoints_and_resumes(tmp_path: Path, data_
     assert final["step"] == 144 and final["resumed_from"] == preempted["step"]
     # SLURM requeued the job itself: no second requeue request through submitit, whose
     # failure used to leave a traceback in the job's log
-    logs = list((root / "_slurm" / "submitit").glob(f"{jid.split('_')[0]}*/*_log.err"))
-    assert logs and not any("Traceback" in f.read_text() for f in logs), [str(f) for f in logs]
+    folder = root / "_slurm" / "submitit"
+    for suffix in ("err", "out"):
+        logs = list(folder.glob(f"{jid.split('_')[0]}*/*_log.{suffix}"))
+        assert logs and not any("Traceback" in f.read_text() for f in logs), [str(f) for f in logs]
 
 
 HELD = "+hydra.launcher.additional_parameters.begin=now+3600"
