@@ -34,6 +34,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from collections.abc import Sequence
@@ -44,8 +45,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from analysis import joint
+from analysis import plots as figs
+from analysis.fit import error_points
 from analysis.joint import Data, Fitted, Law, interval, log_predict
-from core import cost
+from analysis.load import load
+from core import cost, validate
 from core.atomic import atomic_write_text
 
 N_RANGE = (0.5, 4.0)
@@ -386,9 +391,6 @@ def joint_section(
     """The joint law on ``points`` into ``out``: (report extras, files written, figures,
     problems). Files: ``JOINT_FILES``; figures ``joint_<task>`` (measured against predicted)
     and ``optimal_<task>`` (N_opt and S_opt against compute, the runs drawn in)."""
-    from analysis import joint
-    from analysis import plots as figs
-
     out = Path(out)
     forms = list(forms) if forms is not None else [joint.DEFAULT_FORM, "chinchilla"]
     result = joint.joint_analysis(points, forms, n_boot=n_boot, paper_holdout=paper_holdout)
@@ -463,10 +465,6 @@ def _law_args(p, source: str = "paper") -> None:
 def fit_prior(args, default_form: str | None = None) -> tuple[Fitted | None, list[str]]:
     """The joint law of ``--task`` on ``--source`` (the family with most runs), bootstrapped;
     form ``--form``, else ``default_form``, else ``joint.DEFAULT_FORM``."""
-    from analysis import joint
-    from analysis.fit import error_points
-    from analysis.load import load
-
     df, problems = load(args.source, args.root)
     points, probs = error_points(df, [args.task])
     problems += probs
@@ -492,8 +490,6 @@ def fit_prior(args, default_form: str | None = None) -> tuple[Fitted | None, lis
 
 def optimal_main(argv: Sequence[str]) -> int:
     """``python -m analysis optimal``: the compute-optimal N, S, U for a budget."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m analysis optimal",
                                 description="compute-optimal model size, samples seen and "
                                 "unique data for a budget, from the joint law")  # fmt: skip
@@ -504,8 +500,6 @@ def optimal_main(argv: Sequence[str]) -> int:
     if not hours > 0:
         print("error: the budget must be positive", file=sys.stderr)
         return 1
-    from analysis import joint
-
     fitted, problems = fit_prior(args, joint.ALLOCATION_FORM)
     for problem in problems:
         print(f"problem: {problem}")
@@ -550,10 +544,6 @@ def _target(text: str | None, models: Sequence[str], data: Sequence[str],
 
 def design_main(argv: Sequence[str]) -> int:
     """``python -m analysis design``: write ``sweeps/<name>.yaml`` within a budget."""
-    import argparse
-
-    from core import validate
-
     p = argparse.ArgumentParser(prog="python -m analysis design",
                                 description="a sweep within a budget that pins down the joint "
                                 "law at a target point")  # fmt: skip

@@ -78,6 +78,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
+from analysis import extend
 from analysis.fit import GROUP_KEYS
 from core import cost
 from core.reference import ARCH_INFO_CSV
@@ -688,8 +689,6 @@ def joint_analysis(
 
     ``paper_holdout``: ``analysis.extend.holdout(points, ("paper",))``, whose predictions
     are put beside the joint law's (computed here when None)."""
-    from analysis import extend  # the paper method's held-out check, on the same split
-
     runs_all, problems = joint_points(points, n_kind)
     if paper_holdout is None:
         paper_holdout = extend.holdout(points, methods=("paper",)) if not points.empty else pd.DataFrame()

@@ -167,7 +167,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to ``path`` atomically."""
-    import torch
+    import torch  # heavy: keeps torch off core's import (status, plan)
 
     # ``needed`` on a full disk: neither the temporary file's size when it failed (only a lower
     # bound) nor serializing to memory first (a checkpoint can be several GB of host memory on

@@ -34,6 +34,7 @@ unique pairs) is read here too, for the analysis that prices points it designs.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Mapping
@@ -100,8 +101,6 @@ def train_flops(gmacs: float, samples: float) -> float:
 @cache
 def paper_jobs() -> tuple[tuple[str, int, int, float, str], ...]:
     """(arch, gpus, local batch, samples/s per GPU, run name) of each of the paper's jobs."""
-    import csv
-
     with open(TRAINED_MODELS_CSV, newline="") as f:
         return tuple(
             (r["arch"], int(r["gpus"]), int(r["local_bs"]),
@@ -334,8 +333,6 @@ def arch_gmacs(arch: str) -> float | None:
     for m in models().values():
         if arch in (m.arch, m.name):
             return m.gmacs
-    import csv
-
     with open(ARCH_INFO_CSV, newline="") as f:
         for row in csv.DictReader(f):
             if row["model"] == arch:

@@ -72,7 +72,7 @@ def linear_probe(
     batch_size, val_proportion, seed). Returns (metrics, info about the chosen setting)."""
     # heavy imports, only when a probe is fitted (not when evaluate() merely resumes)
     from clip_benchmark.metrics.zeroshot_classification import accuracy
-    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.metrics import balanced_accuracy_score  # sklearn: heavy, as above
 
     idx = fewshot_indices(train_y, k, int(cfg.seed))
     x, y = train_x[idx].float().to(device), train_y[idx].long().to(device)

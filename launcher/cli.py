@@ -22,49 +22,49 @@ from collections.abc import Callable, Sequence
 
 
 def _status(argv: list[str]) -> int:
-    from launcher import status
+    from launcher import status  # deferred: each entry point loads only for its subcommand
 
     return status.main(argv)
 
 
 def _cancel(argv: list[str]) -> int:
-    from launcher import slurm
+    from launcher import slurm  # deferred: keeps --help fast
 
     return slurm.main(["cancel", *argv])
 
 
 def _eval(argv: list[str]) -> int:
-    from evaluation.__main__ import main
+    from evaluation.__main__ import main  # torch: kept off --help and status
 
     return main(argv)
 
 
 def _import(argv: list[str]) -> int:
-    from evaluation.__main__ import main
+    from evaluation.__main__ import main  # torch: kept off --help and status
 
     return main(["import", *argv])
 
 
 def _analyze(argv: list[str]) -> int:
-    from analysis.__main__ import main
+    from analysis.__main__ import main  # heavy (pandas, scipy, matplotlib): kept off status
 
     return main(argv)
 
 
 def _predict(argv: list[str]) -> int:
-    from analysis.__main__ import main
+    from analysis.__main__ import main  # heavy (pandas, scipy, matplotlib): kept off status
 
     return main(["predict", *argv])
 
 
 def _optimal(argv: list[str]) -> int:
-    from analysis.__main__ import main
+    from analysis.__main__ import main  # heavy (pandas, scipy, matplotlib): kept off status
 
     return main(["optimal", *argv])
 
 
 def _design(argv: list[str]) -> int:
-    from analysis.__main__ import main
+    from analysis.__main__ import main  # heavy (pandas, scipy, matplotlib): kept off status
 
     return main(["design", *argv])
 

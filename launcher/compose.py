@@ -30,13 +30,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_loader import ConfigLoader
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from core import schema
 from launcher import hydra_internals
 
 
@@ -132,11 +135,6 @@ def sweep_composer(loader: ConfigLoader, master: DictConfig) -> Composer:
 @contextmanager
 def app_composer(config_dir: Path, config_name: str = "config") -> Iterator[Composer]:
     """A composer over ``config_dir`` outside a running app (``hydra.compose``): status, tests."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from core import schema
-
     schema.register()
     primary = OmegaConf.load(Path(config_dir) / f"{config_name}.yaml")
     searchpath = OmegaConf.select(primary, "hydra.searchpath") if isinstance(primary, DictConfig) else None

@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.types import Override
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
 SUBMITIT_CALL_ARGS = ("sweep_overrides", "job_dir_key", "job_num", "job_id", "singleton_state")
 """Positional arguments of ``BaseSubmititLauncher.__call__`` (the job function it pickles)."""
@@ -29,8 +31,6 @@ def apply_overrides(overrides: list[Override], cfg: Any) -> None:
 def split_sweep_arguments(overrides: list[Override]) -> list[list[str]]:
     """The cartesian product of the command line's sweep overrides (``a=1,2 b=x,y``), as
     Hydra's basic sweeper expands it: one override list per point."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
     return BasicSweeper.split_arguments(overrides, None)[0]
 
 
@@ -43,8 +43,6 @@ def group_test(loader: ConfigLoader) -> Callable[[str], bool]:
 def job_error(ret: JobReturn) -> BaseException | None:
     """The exception a failed Hydra job raised (None when it did not fail), without
     ``JobReturn.return_value``'s side effect (it prints and re-raises)."""
-    from hydra.core.utils import JobStatus
-
     if ret.status != JobStatus.FAILED:
         return None
     value = ret._return_value
@@ -58,9 +56,6 @@ def submitit_call_args(overrides: Sequence[str], job_num: int, singleton_state: 
 
 def check() -> None:
     """Raise RuntimeError naming the first internal that moved or changed its shape."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-
     problems = []
     if not callable(getattr(ConfigLoaderImpl, "_apply_overrides_to_config", None)):
         problems.append("hydra ConfigLoaderImpl._apply_overrides_to_config is gone")

@@ -22,11 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.atomic import atomic_write_json
 from core.errors import SweepError
+from core.identity import run_id, trunk_id
 from core.states import TERMINAL, Event, LiveState, RunState
 from core.tables import fmt_count, render
 from launcher import rundir, slurm
-from launcher.plan import segment_state
+from launcher.compose import app_composer
+from launcher.graph import point_key
+from launcher.plan import Point, is_branch, segment_state, with_trunks
 from launcher.sweep import load_sweep, sweep_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,8 +79,6 @@ def sweep_points(name: str, overrides: list[str], root: Path) -> list[Entry]:
         rows = json.loads(cache.read_text())
     except (OSError, ValueError):
         rows = _compose_points(name, overrides)
-        from core.atomic import atomic_write_json
-
         try:
             atomic_write_json(cache, rows)
         except OSError:
@@ -93,11 +95,6 @@ def _entry(root: Path, key: str, samples: int, until: int = 0, start: int = 0, t
 def _compose_points(name: str, overrides: list[str]) -> list[tuple[str, int, int, int, str]]:
     """(key, samples seen, segment end step, start step, trunk) of every point and trunk
     segment (``launcher.plan.with_trunks``), in plan order."""
-    from core.identity import run_id, trunk_id
-    from launcher.compose import app_composer
-    from launcher.graph import point_key
-    from launcher.plan import Point, is_branch, with_trunks
-
     points: dict[str, Point] = {}
     with app_composer(CONF) as compose:
         for ov in load_sweep(name):

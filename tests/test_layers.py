@@ -103,3 +103,57 @@ def test_the_checker_sees_function_local_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from evaluation.evaluate import evaluate\n")
     assert imports(f) == [(2, "evaluation.evaluate")]
+
+
+REASONS = ("torch", "heavy", "fast path", "keeps", "kept", "deferred", "off ")
+"""Words one of which a function-local import's comment holds: why it is not at the top."""
+UNCHECKED = {"launcher/run.py"}
+"""Files not yet held to it (being reworked in another change; drop them from here after)."""
+
+
+def local_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import inside a function of ``path`` (``TYPE_CHECKING`` left out)."""
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        if _type_checking_only(node):
+            return
+        if in_function and isinstance(node, ast.Import):
+            found.extend((node.lineno, a.name) for a in node.names)
+        elif in_function and isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+        inside = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), False)
+    return found
+
+
+def _says_why(lines: list[str], line: int) -> bool:
+    """A reason on the import's line, or on the comment line above its run of imports."""
+    i = line - 1
+    if any(w in lines[i].partition("#")[2] for w in REASONS):
+        return True
+    while i > 0 and lines[i - 1].lstrip().startswith(("import ", "from ")):
+        i -= 1
+    above = lines[i - 1].strip() if i > 0 else ""
+    return above.startswith("#") and any(w in above for w in REASONS)
+
+
+def test_function_local_imports_say_why():
+    """A function-local import of a project module is there to keep something heavy (torch) off
+    a fast path, and says so; one that hides a cycle or merely sits late belongs at the top."""
+    bad = []
+    for package in ALLOWED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            if package == "hydra_plugins" and not rel.parts[1].startswith("clipscale"):
+                continue
+            if rel.as_posix() in UNCHECKED:
+                continue
+            lines = path.read_text().splitlines()
+            bad += [f"{rel}:{line} imports {module}" for line, module in local_imports(path)
+                    if _package(module) and not _says_why(lines, line)]
+    assert not bad, ("function-local imports without a reason (a comment naming what they keep "
+                     "off which path, e.g. '# torch: kept off the plan'):\n  " + "\n  ".join(bad))

@@ -55,7 +55,7 @@ _BY_ARCH: dict[str, CachedTokenizer] = {}
 def get_tokenizer(arch: str) -> CachedTokenizer:
     """open_clip's tokenizer of ``arch``, with a cache shared by every caller in this process."""
     if arch not in _BY_ARCH:
-        import open_clip
+        import open_clip  # heavy (torch, timm): only once a tokenizer is first needed
 
         _BY_ARCH[arch] = CachedTokenizer(open_clip.get_tokenizer(arch))
     return _BY_ARCH[arch]

@@ -40,7 +40,10 @@ then exits with status 1.
 
 import contextlib
 import logging
+import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -57,10 +60,12 @@ from omegaconf import OmegaConf
 
 from core.errors import Preempted
 from core.states import Event
-from launcher import hydra_internals
+from launcher import graph, hydra_internals, rundir, slurm
 from launcher.lease import Lease, LeaseHeld
+from launcher.plan import make_point
 from launcher.policy import Action, RelaunchPolicy
 from launcher.protocol import SubmittingLauncher
+from launcher.run import slurm_job
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +138,6 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         return super().checkpoint(*args, **kwargs)
 
     def _log_requeue(self, overrides: list[str]) -> None:
-        from launcher import rundir
-        from launcher.plan import make_point
-        from launcher.run import slurm_job
-
         assert self.config is not None and self.hydra_context is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         path = make_point(overrides, cfg).run_dir
@@ -145,7 +146,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
             rundir.log_event(path, Event.REQUEUED, stage=str(cfg.stage), **slurm_job())
 
     def _executor(self, nodes: int, **extra: Any) -> Any:
-        import submitit
+        import submitit  # kept off the start-up of every Hydra app, as above
 
         params = dict(self.params)
         init = {"folder": params.pop("submitit_folder"),
@@ -190,8 +191,6 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         """Submit one array (at most MaxArraySize points; a training array is followed by its
         evaluation array, task i after task i); record each point's jobs in its run folder and
         in ``entries``, or sbatch's refusal in ``refused``."""
-        from launcher import rundir
-
         first = self._eval_executor(None) if stage == "eval" else self._executor(nodes)
         jobs, error = self._submit(first, members, stage)
         if jobs is None:
@@ -223,8 +222,6 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         each after the job it depends on (``afterok``, ``--kill-on-invalid-dep=yes``), a branch
         with evaluation datasets followed by its evaluation job (``afterok`` on the branch).
         Returns one line per job for the summary."""
-        from launcher import rundir
-
         ids: dict[str, str] = {}  # key -> job id, of this submission
         lines = []
         for job in jobs:
@@ -268,8 +265,6 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
         """Submit the points under the sweep manifest's lock: two concurrent submissions of one
         sweep read the queue one after the other, so no point is submitted twice."""
-        from launcher import slurm
-
         assert self.config is not None and self.hydra_context is not None
         self.manifest = Path(self._manifest) if self._manifest else slurm.manifest_path(
             self.config.root, Path(str(self.config.sweep)).stem if self.config.get("sweep") else None)
@@ -293,9 +288,6 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
                     folder.rmdir()  # only when empty
 
     def _launch_locked(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from launcher import graph, rundir, slurm
-        from launcher.plan import make_point
-
         assert self.config is not None and self.hydra_context is not None
         try:
             squeue = slurm.queue()
@@ -403,11 +395,7 @@ def _export_distributed() -> None:
     (submitit's TorchDistributedEnvironment). The master is the first node; where its SLURM
     name does not resolve (a node whose NodeAddr differs from its name, as on the local test
     cluster), its NodeAddr from ``scontrol``."""
-    import os
-    import socket
-    import subprocess
-
-    import submitit
+    import submitit  # as hydra-submitit-launcher does: Hydra imports every plugin at start-up
 
     try:
         env = submitit.JobEnvironment()
