@@ -6,32 +6,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import core  # noqa: F401  # first: sets OMP_WAIT_POLICY before torch starts OpenMP
-from core import schema
-
-ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+from tests.helpers.config import compose_cfg
 
 
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg("model=tiny_m", ...)``: the composed config, with root and data_root in tmp."""
-    schema.register()
 
     def _make(*overrides: str, root: Path | None = None) -> DictConfig:
-        base = [f"root={root or tmp_path / 'runs'}", f"data_root={tmp_path / 'data'}"]
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("config", overrides=[*base, *overrides])
+        return compose_cfg(*overrides, root=root or tmp_path / "runs", data_root=tmp_path / "data")
 
     return _make
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny models gain nothing from 2 threads, and lose many times over when other jobs share the cores."""
+    """Tiny models gain nothing from 2 threads, lose much when others share the cores."""
     import torch
 
     before = torch.get_num_threads()

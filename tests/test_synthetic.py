@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from core import atomic
@@ -22,6 +22,7 @@ from core.atomic import SUCCESS
 from core.models import register_model_configs
 from synthetic import EVAL_SETS, ensure_datasets, generate, generate_eval, generate_train, scenes
 from synthetic.scenes import CLASSNAMES, POSITION_CLASSNAMES
+from tests.helpers.config import compose_cfg, hydra_value
 
 
 def _members(tar_path: Path) -> list[tuple[str, bytes]]:
@@ -263,21 +264,20 @@ def test_retrieval_set_through_clip_benchmark(
 # --- ensure_datasets --------------------------------------------------------------------------
 
 
-def _cfg(data_root: Path, shards: str, num_samples: int = 1100) -> object:
+def _cfg(data_root: Path, shards: str, num_samples: int = 1100) -> DictConfig:
     eval_root = f"{data_root}/synthetic/eval"
-    return OmegaConf.create({
-        "data_root": str(data_root),
-        "data": {"synthetic": True, "shards": shards, "num_samples": num_samples, "seed": 5,
-                 "image_size": 32},
-        "eval": {"datasets": [
-            {"name": "synth_shapes", "task": "zeroshot_classification",
-             "root": f"{eval_root}/synth_shapes", "split": "test"},
-            {"name": "synth_scenes", "task": "zeroshot_retrieval",
-             "root": f"{eval_root}/synth_scenes", "split": "test"},
-            {"name": "imagenet1k", "task": "zeroshot_classification",
-             "root": f"{data_root}/real/imagenet1k", "split": "test"},
-        ]},
-    })
+    datasets = [
+        {"name": "synth_shapes", "task": "zeroshot_classification",
+         "root": f"{eval_root}/synth_shapes", "split": "test"},
+        {"name": "synth_scenes", "task": "zeroshot_retrieval",
+         "root": f"{eval_root}/synth_scenes", "split": "test"},
+        {"name": "imagenet1k", "task": "zeroshot_classification",
+         "root": f"{data_root}/real/imagenet1k", "split": "test"},
+    ]
+    return compose_cfg("data=syn4k", f"data.shards={hydra_value(shards)}",
+                       f"data.num_samples={num_samples}", "data.seed=5", "data.image_size=32",
+                       f"eval.datasets={hydra_value(datasets)}",
+                       root=data_root / "runs", data_root=data_root)
 
 
 def test_ensure_datasets_generates_what_is_missing(tmp_path: Path) -> None:

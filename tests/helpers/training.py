@@ -7,15 +7,13 @@ import subprocess
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from core import schema
-from tests.helpers.procs import ROOT, spawn_python
+from tests.helpers.config import compose_cfg, hydra_value
+from tests.helpers.procs import spawn_python
 from training import checkpoint, data
 from training.train import train
 
-CONF = ROOT / "conf"
 ARCH = "clipscale-tiny-s"
 
 TINY_RUN = (
@@ -43,19 +41,6 @@ TINY_RUN = (
 The optimizer's other values (betas, eps, weight decay, seed) are the recipe's (train=tiny)."""
 
 
-def _value(v: object) -> str:
-    """``v`` in Hydra's override grammar."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list | tuple):
-        return "[" + ",".join(_value(x) for x in v) + "]"
-    return "'" + str(v).replace("'", "\\'") + "'"
-
-
 def make_cfg(shards: str, **over: object) -> DictConfig:
     """The composed config (``conf/``, checked by the schema) of a tiny CPU run on ``shards``.
 
@@ -63,17 +48,13 @@ def make_cfg(shards: str, **over: object) -> DictConfig:
     ``data_root`` are folders beside the (first list of) shards, which the tests write in a
     temporary folder; training reads neither.
     """
-    schema.register()
     beside = Path(shards.split("::")[0]).parent
-    overrides = [
-        f"root={_value(str(beside / 'runs'))}",
-        f"data_root={_value(str(beside / 'data'))}",
+    return compose_cfg(
         *TINY_RUN,
-        f"data.shards={_value(shards)}",
-        *(f"{key.replace('__', '.')}={_value(value)}" for key, value in over.items()),
-    ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        f"data.shards={hydra_value(shards)}",
+        *(f"{key.replace('__', '.')}={hydra_value(value)}" for key, value in over.items()),
+        root=beside / "runs", data_root=beside / "data",
+    )
 
 
 # --------------------------------------------------------------------------------------------
