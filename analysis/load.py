@@ -25,6 +25,7 @@ import pandas as pd
 
 import store
 from core.reference import PAPER_CSV, model_label
+from core.schema import Schedule, schedule_of
 from store.export import REFERENCE_COLUMNS as CSV_COLUMNS
 
 # The paper's headline targets (its Figure 1 and Table 1), in the reference CSV's names.
@@ -56,7 +57,7 @@ def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
     """The published results, one row per (model, downstream dataset), every row final."""
     df = pd.read_csv(path)
     df["family"] = np.where(df["upstream_dataset"] == "CLIP-WIT", "openai", "openclip")
-    df["schedule"] = "cosine"
+    df["schedule"] = Schedule.cosine.value  # the paper trained every run so
     df["model_label"] = df["arch"].map(model_label)
     df["data_label"] = df["upstream_dataset"]
     df["run_id"] = df["name"]
@@ -100,7 +101,7 @@ def reference_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "samples_seen_pretty": rec.get("samples"),
             "name": rec.get("run_id"),
             "family": family_of(rec),
-            "schedule": rec.get("schedule") or "cosine",
+            "schedule": schedule_of(rec).value,
             "model_label": rec.get("model_label") or rec.get("model_name") or arch,
             "data_label": rec.get("data_label") or rec.get("data"),
             "run_id": rec.get("run_id"),
@@ -124,10 +125,11 @@ def reference_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 def family_of(rec: Mapping[str, Any]) -> str:
     """A record's family: its sweep (or ``adhoc``), split by learning-rate schedule, so cooled
     trunk branches (``demo:const_cooldown``) never enter a cosine fit (``demo``) silently; they
-    are fitted and drawn side by side. Records from before ``schedule`` existed are cosine."""
+    are fitted and drawn side by side (``schedule_of``: records from before ``schedule`` existed
+    are cosine)."""
     family = rec.get("family") or "adhoc"
-    schedule = rec.get("schedule") or "cosine"
-    return family if schedule == "cosine" or family.endswith(f":{schedule}") else f"{family}:{schedule}"
+    schedule = schedule_of(rec).value
+    return family if schedule == Schedule.cosine or family.endswith(f":{schedule}") else f"{family}:{schedule}"
 
 
 def _dataset_name(dataset: Any) -> Any:

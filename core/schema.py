@@ -331,6 +331,14 @@ def identity_defaults(section: str) -> dict[str, Any]:
             if f.metadata.get("identity") == "unless_default"}
 
 
+def schedule_of(section: Any) -> Schedule:
+    """The schedule a ``train`` section or a store record names (anything with ``.get``), and
+    ``cosine`` where it names none: run folders and records saved before ``train.schedule``
+    existed hold cosine runs (the field's default)."""
+    value = section.get("schedule")
+    return Schedule(value) if value else Schedule(TrainConfig.schedule)
+
+
 def register() -> None:
     """Store the schemas in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()

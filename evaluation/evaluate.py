@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 import store
 from core.identity import trunk_id
-from core.schema import Schedule, Task
+from core.schema import Schedule, Task, schedule_of
 from evaluation.checkpoint import load_model
 from evaluation.probe import linear_probe, probe_task
 
@@ -409,8 +409,7 @@ def _base_record(
     """The keys shared by every record of this checkpoint."""
     meta = _read_meta(run_dir)
     samples_seen = int(step) * int(cfg.model.global_batch)
-    # a run folder's config.yaml from before train.schedule existed holds a cosine run
-    schedule = Schedule(cfg.train.get("schedule") or Schedule.cosine)
+    schedule = schedule_of(cfg.train)
     return {
         "model": cfg.model.arch,
         "pretrained": str(checkpoint),
