@@ -19,6 +19,7 @@ import pytest
 from launcher import rundir
 from launcher.lease import RUN_LEASE, Holder, Lease, LeaseHeld
 from tests.helpers.procs import ROOT
+from tests.helpers.slurm import needs_cluster
 
 
 def test_a_second_holder_is_refused_with_the_first_named(tmp_path: Path):
@@ -198,3 +199,31 @@ def test_a_holder_killed_with_sigkill_leaves_a_lease_the_next_launch_takes_over(
     taken = [e for e in events if e["event"] == "lease_taken_over"]
     assert len(taken) == 1 and "no longer runs" in taken[0]["reason"], events
     assert events[-1]["event"] == "done" and not lease.exists()
+
+
+def _with_cluster(test: Callable) -> Callable:
+    for mark in needs_cluster():  # marked slurm; skipped, saying why, without a cluster
+        test = mark(test)
+    return test
+
+
+@pytest.mark.slow
+@_with_cluster
+def test_a_local_launch_takes_over_at_once_the_lease_of_a_job_gone_from_squeue(make_cfg,
+                                                                               tmp_path: Path):
+    from launcher.plan import make_point
+
+    root = tmp_path / "runs"
+    point = ["model=tiny_s", "data=syn4k", "samples=s6k", "eval=none", "train.workers=0"]
+    run = make_point(point, make_cfg(*point, root=root)).run_dir
+    run.mkdir(parents=True)
+    gone = Holder("another-node", 4242, "999999", "stage=all", "then", "old")
+    (run / RUN_LEASE).write_text(json.dumps(asdict(gone)))  # a fresh heartbeat
+    proc = _launch(root, samples="s6k")  # no SLURM job of its own: it asks squeue all the same
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    events = rundir.events(run)
+    taken = [e for e in events if e["event"] == "lease_taken_over"]
+    assert len(taken) == 1, events
+    assert taken[0]["reason"] == "SLURM job 999999 is no longer in the queue", taken
+    assert events[-1]["event"] == "done"
