@@ -8,7 +8,7 @@ fails with a message naming what moved, so an upgrade breaks one test, not a swe
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -54,6 +54,19 @@ def submitit_call_args(overrides: Sequence[str], job_num: int, singleton_state: 
     return (list(overrides), "hydra.sweep.dir", job_num, f"job_id_for_{job_num}", singleton_state)
 
 
+def overrides_of_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[str]:
+    """The point's overrides among the arguments ``BaseSubmititLauncher.__call__`` was called
+    with (and submitit hands its ``checkpoint`` on a requeue): ``sweep_overrides``, the first."""
+    return list(args[0]) if args else list(kwargs[SUBMITIT_CALL_ARGS[0]])
+
+
+def launcher_params(launcher: BaseSubmititLauncher) -> dict[str, Any]:
+    """A copy of the launcher's ``hydra.launcher`` fields, resolved to plain values, which
+    ``BaseSubmititLauncher.__init__`` keeps in ``self.params`` (``submitit_folder``,
+    ``gpus_per_node``, ``additional_parameters`` ...)."""
+    return dict(launcher.params)
+
+
 def check() -> None:
     """Raise RuntimeError naming the first internal that moved or changed its shape."""
     problems = []
@@ -66,6 +79,15 @@ def check() -> None:
     params = tuple(inspect.signature(BaseSubmititLauncher.__call__).parameters)[1:]
     if params != SUBMITIT_CALL_ARGS:
         problems.append(f"BaseSubmititLauncher.__call__ takes {params}, not {SUBMITIT_CALL_ARGS}")
+    call = inspect.signature(BaseSubmititLauncher.checkpoint).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in call):
+        problems.append("BaseSubmititLauncher.checkpoint no longer takes __call__'s arguments (*args)")
+    try:
+        kept = getattr(BaseSubmititLauncher(probe=1), "params", None)
+    except Exception as e:  # a constructor that now wants other arguments
+        kept = e
+    if kept != {"probe": 1}:
+        problems.append(f"BaseSubmititLauncher(**params) no longer keeps them in .params (got {kept!r})")
     if not hasattr(ConfigLoaderImpl, "repository") and "repository" not in inspect.getsource(
             ConfigLoaderImpl.__init__):
         problems.append("hydra ConfigLoaderImpl has no repository")

@@ -134,7 +134,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         resumes from the newest complete checkpoint (``max_num_timeout`` bounds the requeues).
         The run folder logs ``requeued`` (unless the trainer logged ``preempted`` already), so
         the ``SystemExit`` submitit raises next is not taken for a failure (``run_point``)."""
-        self._log_requeue(list(args[0]) if args else list(kwargs["sweep_overrides"]))
+        self._log_requeue(hydra_internals.overrides_of_call(args, kwargs))
         return super().checkpoint(*args, **kwargs)
 
     def _log_requeue(self, overrides: list[str]) -> None:
@@ -148,7 +148,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
     def _executor(self, nodes: int, **extra: Any) -> Any:
         import submitit  # kept off the start-up of every Hydra app, as above
 
-        params = dict(self.params)
+        params = hydra_internals.launcher_params(self)
         init = {"folder": params.pop("submitit_folder"),
                 "slurm_max_num_timeout": params.pop("max_num_timeout", 0)}
         executor = submitit.AutoExecutor(cluster="slurm", **init)
@@ -162,7 +162,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         limit; ``after``: the training array whose task i this array's task i waits for
         (``kind="afterok"``: the one training job this job waits for)."""
         extra: dict[str, Any] = {"tasks_per_node": 1, "timeout_min": self._eval_timeout_min}
-        if self.params.get("gpus_per_node"):
+        if hydra_internals.launcher_params(self).get("gpus_per_node"):
             extra["gpus_per_node"] = 1
         return self._executor(1, **extra, **self._depends(after, kind))
 
@@ -171,7 +171,8 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
         whose dependency can never be met, its training failed or was cancelled, is dropped)."""
         if not after:
             return {}
-        return {"additional_parameters": {**(self.params.get("additional_parameters") or {}),
+        params = hydra_internals.launcher_params(self)
+        return {"additional_parameters": {**(params.get("additional_parameters") or {}),
                                           "dependency": f"{kind}:{after}",
                                           "kill_on_invalid_dep": "yes"}}
 
