@@ -24,7 +24,7 @@ from core.errors import Cancelled, Preempted
 from core.identity import trunk_id, trunk_identity
 from core.schema import Stage
 from core.states import Event, PointResult, RunState
-from launcher import rundir
+from launcher import rundir, slurm
 from launcher.lease import RUN_LEASE, Lease, LeaseHeld, LeaseLost, Takeover
 from launcher.plan import Point, branch_fork, check, is_branch, make_point, trunk_progress
 
@@ -75,8 +75,6 @@ def run_point(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, 
 
 
 def _queue() -> set[str]:
-    from launcher import slurm
-
     return set(slurm.queue())
 
 
@@ -173,7 +171,7 @@ def _trunk_of(cfg: DictConfig, path: Path) -> dict[str, Any]:
 
 def _role(cfg: DictConfig) -> dict[str, Any]:
     """``train``'s ``trunk=`` (a trunk segment) or ``branch=`` (a const_cooldown point)."""
-    from training.schedule import Branch, Trunk, keep_steps
+    from training.schedule import Branch, Trunk, keep_steps  # torch: kept off the plan's path
 
     until = int(cfg.train.trunk_until)
     if until:
@@ -215,6 +213,7 @@ def _run_segment(cfg: DictConfig, point: Point, path: Path, lease: Lease) -> dic
 def _train_guarded(cfg: DictConfig, path: Path, lease: Lease, **kwargs: Any) -> dict[str, Any]:
     """``training.train.train`` under ``lease``: it stops, saving nothing, once the lease is
     lost (:class:`LeaseLost`)."""
+    # torch: kept off the plan's path
     from training.stop import Abandoned
     from training.train import train
 
@@ -228,7 +227,7 @@ def _train(cfg: DictConfig, path: Path, lease: Lease) -> dict[str, Any]:
     """Train (or find trained) and log ``trained`` once; with ``train.zeroshot_every`` the
     trainer calls back into evaluation at those steps (records with ``final: false``) and
     reports the records to ``train.report_to`` with its own scalars."""
-    from evaluation.evaluate import evaluate
+    from evaluation.evaluate import evaluate  # torch: kept off the plan's path
 
     def learning_curve(ckpt: Path, step: int) -> list[dict[str, Any]]:
         _guard(lease)
@@ -248,6 +247,7 @@ def _train(cfg: DictConfig, path: Path, lease: Lease) -> dict[str, Any]:
 def _evaluate_final(cfg: DictConfig, point: Point, path: Path, lease: Lease) -> None:
     """Evaluate the complete final checkpoint, report its records (``train.report_to``: the
     same TensorBoard folder and W&B run as the training's) and log ``evaluated``."""
+    # torch: kept off the plan's path
     from evaluation.evaluate import evaluate
     from training import checkpoint, report
 
@@ -313,7 +313,8 @@ def _follower(cfg: DictConfig, path: Path, stage: Stage) -> dict[str, Any]:
     """Rank > 0 of a multi-process job: train alongside rank 0, write nothing of the run's own."""
     if stage == Stage.eval:
         raise RuntimeError("stage=eval runs as one process; this job has several (RANK > 0)")
-    import synthetic  # torch: kept off the plan's path
+    # torch: kept off the plan's path
+    import synthetic
     from training.train import train
 
     synthetic.ensure_datasets(cfg)
