@@ -1,5 +1,7 @@
 """The evaluation stage end to end: a real (random) tiny model scored by clip_benchmark on
-tiny sets written in clip_benchmark's wds/ layout, records in the store, resume, missing root."""
+tiny sets written in clip_benchmark's wds/ layout, records in the store, resume, missing root;
+a set decoded once per process gives the same records (and is not decoded again), a set too
+large to keep is streamed."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 import torch
 
 import store
-from evaluation.evaluate import evaluate
+from evaluation import evaluate as evaluate_mod
+from evaluation.evaluate import LoadedSets, evaluate
 from tests.helpers.data import write_classification_set, write_retrieval_set
 from tests.helpers.evaluation import ARCH, tiny_cfg, tiny_state_dict
 
@@ -143,3 +146,47 @@ def test_bad_stored_record_is_recomputed(eval_sets, checkpoint, tmp_path, make_c
 
     assert len(records) == 1 and store.read_record(path) == records[0]
     assert math.isclose(records[0]["compute"], 0.02 * 128)
+
+
+# --- what makes the demo faster changes no result: a set decoded once per process ---
+
+
+def test_loaded_sets_serve_a_set_again_and_stream_a_large_one():
+    batches = [(torch.ones(4, 3, 2, 2), torch.arange(4)), (torch.zeros(2, 3, 2, 2), torch.arange(2))]
+    sets = LoadedSets()
+    assert list(sets.batches(("k",), iter(batches))) == batches
+    again = sets.batches(("k",), iter(()))  # not read: served from memory
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(again, batches, strict=True))
+    small = LoadedSets(max_bytes=100)
+    assert len(list(small.batches(("k",), iter(batches)))) == 2 and small.sets == {}
+
+
+@pytest.fixture
+def small_sets(tmp_path: Path) -> Path:
+    root = tmp_path / "sets"
+    write_classification_set(root / "shapes", ["circle", "square", "triangle", "star", "cross",
+                                               "heart"], seed=0)
+    write_retrieval_set(root / "scenes", seed=2)
+    return root
+
+
+def test_second_evaluation_reads_no_set_and_scores_the_same(small_sets, tmp_path, make_cfg,
+                                                            monkeypatch):
+    ckpt = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": tiny_state_dict()}, ckpt)
+    datasets = [
+        {"name": "shapes", "task": "zeroshot_classification", "root": str(small_sets / "shapes")},
+        {"name": "scenes", "task": "zeroshot_retrieval", "root": str(small_sets / "scenes")},
+    ]
+    cfg = tiny_cfg(make_cfg, small_sets, datasets)
+    monkeypatch.setattr(evaluate_mod, "LOADED", LoadedSets())
+    first = evaluate(cfg, tmp_path / "a", ckpt, step=1)
+    assert len(evaluate_mod.LOADED.sets) == 2  # both sets kept
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(evaluate_mod.LoadedSets, "_load", no_loading)
+    second = evaluate(cfg, tmp_path / "b", ckpt, step=1)
+    metrics = [{(r["dataset"], r["task"]): r["metrics"] for r in rs} for rs in (first, second)]
+    assert metrics[0] == metrics[1] and len(metrics[0]) == 2

@@ -1,5 +1,6 @@
 """Training extras: zero-shot evaluation during training, skipped-data counts, weighted shard
-lists (real tiny runs and real pipelines on CPU over shards written here)."""
+lists (real tiny runs and real pipelines on CPU over shards written here); the cached tokenizer
+gives open_clip's tokens."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from core.errors import Preempted
 from core.models import register_model_configs
 from evaluation.evaluate import evaluate
 from tests.helpers.data import jpeg, write_classification_set, write_shards
-from tests.helpers.training import make_cfg
+from tests.helpers.training import ARCH, make_cfg
 from training import checkpoint, data
 from training.metrics import LOG_FILE
+from training.tokens import CachedTokenizer, get_tokenizer
 from training.train import train
 
 
@@ -230,3 +232,22 @@ def test_compiled_model_trains_and_saves_like_the_plain_one(shards: str, tmp_pat
     plain = train(make_cfg(shards, samples__seen=64), tmp_path / "plain")
     ref = checkpoint.load(plain["checkpoint"])["state_dict"]
     assert all(torch.equal(state[k], ref[k]) for k in ref)
+
+
+TEXTS = ["a red circle", "a photo of a big blue square at the top left", "a red circle", "",
+         "a tiny green star on a dark gray background"]
+
+
+def test_cached_tokenizer_gives_open_clips_tokens():
+    register_model_configs()
+    plain = open_clip.get_tokenizer(ARCH)
+    cached = CachedTokenizer(open_clip.get_tokenizer(ARCH))
+    for _ in range(2):  # filling the cache, then from it
+        got = cached(TEXTS)
+        assert got.dtype == plain(TEXTS).dtype and torch.equal(got, plain(TEXTS))
+    assert len(cached.cache) == 4  # the repeated caption once
+    assert torch.equal(cached("a red circle"), plain("a red circle"))
+    assert cached.context_length == plain.context_length
+    full = CachedTokenizer(open_clip.get_tokenizer(ARCH), max_entries=2)
+    assert torch.equal(full(TEXTS), plain(TEXTS)) and len(full.cache) == 0  # over the cap: as is
+    assert get_tokenizer(ARCH) is get_tokenizer(ARCH)  # one cache per arch and process
