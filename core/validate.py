@@ -93,13 +93,24 @@ def validate(cfg: DictConfig, where: str, need_data: bool = True) -> None:
             raise ConfigError(f"{where}: {e}") from None
 
 
+def expand_shards(pattern: str) -> list[list[str]]:
+    """The shard URLs of each ``::``-separated list of ``data.shards`` (brace patterns
+    expanded, ``{00000..00003}``), in order."""
+    return [list(braceexpand(part)) for part in pattern.split("::")]
+
+
+def is_local(url: str) -> bool:
+    """A shard on the local filesystem, whose existence can be checked: not ``pipe:`` and not a
+    ``scheme://`` URL (``s3://``, ``https://`` ...)."""
+    return "://" not in url and not url.startswith("pipe:")
+
+
 def check_shard_ends(pattern: str) -> None:
     """The first and last shard of every ``::``-separated list exist (a cheap, early check);
     FileNotFoundError naming ``data.shards`` and the file otherwise. Remote URLs are not
     checked."""
-    for part in pattern.split("::"):
-        files = list(braceexpand(part))
-        local = [f for f in (files[0], files[-1]) if "://" not in f and not f.startswith("pipe:")]
+    for files in expand_shards(pattern):
+        local = [f for f in (files[0], files[-1]) if is_local(f)]
         absent = [f for f in local if not Path(f).is_file()]
         if absent:
             raise FileNotFoundError(f"data.shards={pattern!r}: shard file not found: {absent[0]}")

@@ -29,7 +29,6 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import braceexpand
 import numpy as np
 import torch
 import webdataset as wds
@@ -39,6 +38,7 @@ from open_clip_train.data import filter_no_caption_or_no_image
 from webdataset.filters import _shuffle
 
 from core.steps import Steps
+from core.validate import expand_shards, is_local
 from training.augment import FusedTransform
 from training.tars import tar_samples
 
@@ -230,7 +230,7 @@ def shard_urls(
     probability proportional to (its number of shards) x ``weights[i]``. ValueError on a
     count mismatch or weights that are negative or all zero.
     """
-    lists = [list(braceexpand.braceexpand(p)) for p in shards.split("::")]
+    lists = expand_shards(shards)
     urls = [u for urls in lists for u in urls]
     if weights is None:
         return urls, None
@@ -267,7 +267,7 @@ def check_shards(shards: str, weights: Sequence[float] | None = None) -> list[st
     a job whose shards went missing after it was queued trains on the rest, skipping them.
     """
     urls, _ = shard_urls(shards, weights)
-    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    local = [u for u in urls if is_local(u)]
     if local and len(local) == len(urls) and not any(os.path.exists(u) for u in local):
         raise FileNotFoundError(f"data.shards: none of the {len(urls)} shards of {shards!r} exists")
     return urls
