@@ -146,7 +146,7 @@ class ClipscaleSlurmLauncher(SlurmLauncher, SubmittingLauncher):
             rundir.log_event(path, Event.REQUEUED, stage=str(cfg.stage), **slurm_job())
 
     def _executor(self, nodes: int, **extra: Any) -> Any:
-        import submitit  # kept off the start-up of every Hydra app, as above
+        import submitit  # kept off Hydra's start-up, which imports every plugin (as hydra-submitit-launcher does)
 
         params = hydra_internals.launcher_params(self)
         init = {"folder": params.pop("submitit_folder"),
