@@ -10,6 +10,6 @@ package; ``synthetic``, ``training``, ``store``, ``evaluation`` and ``analysis``
 import os
 
 # Every entry point imports core before torch starts OpenMP: idle OpenMP threads that spin
-# stall small CPU models up to 10x as soon as anything else (a data-loader worker, another
+# stall small CPU models many times over as soon as anything else (a data-loader worker, another
 # job) shares the cores. One place sets it; a value the user exported wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

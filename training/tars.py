@@ -25,6 +25,8 @@ from typing import Any
 from open_clip_train.data import group_by_keys_nothrow
 from webdataset.tariterators import tar_file_expander, url_opener
 
+from core.validate import is_local
+
 BLOCK = 512
 REGULAR = {b"0", b"\0", b"7"}  # tarfile.REGTYPE, AREGTYPE, CONTTYPE (isreg; sparse excluded)
 _SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator skip_meta
@@ -37,17 +39,13 @@ def tar_samples(
     return group_by_keys_nothrow(_files(src, handler), handler=handler)
 
 
-def _local(url: str) -> bool:
-    return "://" not in url and not url.startswith("pipe:")
-
-
 def _files(
     src: Iterator[dict[str, Any]], handler: Callable[[Exception], bool]
 ) -> Iterator[dict[str, Any]]:
     for source in src:
         url = source["url"]
         try:
-            f = open(url, "rb", buffering=1 << 20) if _local(url) else None
+            f = open(url, "rb", buffering=1 << 20) if is_local(url) else None
         except Exception as exn:
             exn.args = (*exn.args, url)
             if handler(exn):
