@@ -47,7 +47,7 @@ import yaml
 
 from analysis import joint
 from analysis import plots as figs
-from analysis.fit import error_points
+from analysis.fit import error_points, task_name
 from analysis.joint import Data, Fitted, Law, interval, log_predict
 from analysis.load import load
 from core import cost, validate
@@ -450,6 +450,15 @@ def _budget(args) -> tuple[float, Device]:
     return args.budget_gpu_hours, Device(args.peak_tflops)
 
 
+def _check_budget(hours: float, args) -> None:
+    """Refuse a budget that is not a positive finite number, naming its flag."""
+    if not (math.isfinite(hours) and hours > 0):
+        cpu = args.budget_cpu_seconds is not None
+        flag, value = ("--budget-cpu-seconds", args.budget_cpu_seconds) if cpu else (
+            "--budget-gpu-hours", args.budget_gpu_hours)  # fmt: skip
+        raise ValueError(f"{flag} must be a positive number, got {value:g}")
+
+
 def _law_args(p, source: str = "paper") -> None:
     p.add_argument("--source", choices=("store", "paper", "both"), default=source)
     p.add_argument("--root", default="runs", help="result store root (default: runs)")
@@ -467,6 +476,11 @@ def fit_prior(args, default_form: str | None = None) -> tuple[Fitted | None, lis
     form ``--form``, else ``default_form``, else ``joint.DEFAULT_FORM``."""
     df, problems = load(args.source, args.root)
     points, probs = error_points(df, [args.task])
+    if points.empty and not df.empty:
+        known = sorted({task_name(d, t) for d, t in zip(df["downstream_dataset"], df["task"],
+                                                         strict=True)})  # fmt: skip
+        raise ValueError(f"--task {args.task}: no results of it in --source {args.source} "
+                         f"(its tasks: {', '.join(known)})")
     problems += probs
     runs_all, probs = joint.joint_points(points)
     problems += probs
@@ -497,10 +511,12 @@ def optimal_main(argv: Sequence[str]) -> int:
     _law_args(p)
     args = p.parse_args(argv)
     hours, device = _budget(args)
-    if not hours > 0:
-        print("error: the budget must be positive", file=sys.stderr)
-        return 1
-    fitted, problems = fit_prior(args, joint.ALLOCATION_FORM)
+    try:
+        _check_budget(hours, args)
+        fitted, problems = fit_prior(args, joint.ALLOCATION_FORM)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"problem: {problem}")
     if fitted is None:
@@ -572,6 +588,7 @@ def design_main(argv: Sequence[str]) -> int:
     hours, device = _budget(args)
     models, data = args.model.split(","), args.data.split(",")
     try:
+        _check_budget(hours, args)
         validate.check_name("sweep name", args.name)
         unknown = [m for m in models if m not in cost.models()]
         unknown += [d for d in data if d not in cost.datasets()]
@@ -588,7 +605,11 @@ def design_main(argv: Sequence[str]) -> int:
     tiny = max(cost.models()[m].gmacs for m in models) < 1
     lo, hi = args.samples_range or (CPU_SAMPLES_RANGE if tiny else GPU_SAMPLES_RANGE)
     target = _target(args.target, models, data, hi)
-    fitted, problems = (None, []) if args.strategy == "isoflop" else fit_prior(args)
+    try:
+        fitted, problems = (None, []) if args.strategy == "isoflop" else fit_prior(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.strategy == "interval" and fitted is None:
         for problem in problems:
             print(f"problem: {problem}")

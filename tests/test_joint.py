@@ -154,6 +154,31 @@ def test_optimal_with_a_product_form_says_why_its_optimum_is_an_edge(capsys):
     assert "(N at the largest size searched)" in printed
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["optimal", "--budget-gpu-hours", "-5"], "--budget-gpu-hours must be a positive number, got -5"),
+        (["optimal", "--budget-cpu-seconds", "nan"], "--budget-cpu-seconds must be a positive number"),
+        (["optimal", "--budget-gpu-hours", "1e5", "--task", "imagenet2k"], "--task imagenet2k: no results"),
+        (["design", "--budget-gpu-hours", "0", "--model", "vit_b32", "--data", "laion2b", "--name", "x"],
+         "--budget-gpu-hours must be a positive number, got 0"),
+        (["design", "--budget-gpu-hours", "1e5", "--model", "vit_b32", "--data", "laion2b", "--name", "x",
+          "--task", "imagenet2k", "--strategy", "interval"], "--task imagenet2k: no results"),
+    ],
+    ids=["negative_budget", "nan_budget", "unknown_task", "design_zero_budget", "design_unknown_task"],
+)
+def test_bad_planning_input_is_one_line_naming_the_flag(argv, says, capsys, tmp_path):
+    argv = [*argv, "--source", "paper", "--bootstrap", "2"]
+    if argv[0] == "design":
+        argv += ["--sweeps-dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    if "--task" in argv:
+        assert "imagenet1k" in err[0]  # the tasks the source has are listed
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_optimum_of_the_chinchilla_law_is_inside_the_range(runs):
     data = joint.data_of(runs)
     fitted = joint.Fitted(joint.fit_law("chinchilla", data), [], runs)
