@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +67,16 @@ def barrier(dist_: Dist) -> None:
 
 def any_rank(flag: bool, dist_: Dist, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank."""
+    return any_ranks((flag,), dist_, device)[0]
+
+
+def any_ranks(flags: Sequence[bool], dist_: Dist, device: torch.device) -> tuple[bool, ...]:
+    """:func:`any_rank` of several flags in one collective (one host sync)."""
     if dist_.world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return tuple(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:

@@ -24,7 +24,7 @@ from training import checkpoint, data, metrics, schedule, step
 from training.distributed import barrier
 from training.report import Reporter
 from training.state import Run
-from training.stop import StopFlag, check_abandoned
+from training.stop import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,13 @@ def _after_step(
     checkpoint every ``train.checkpoint_every`` steps (not after a non-finite loss), evaluate
     every ``train.zeroshot_every`` steps."""
     t = run.cfg.train
-    check_abandoned(run.should_stop, run.step, run.dist, run.device)
+    signalled = stop.requested(run.dist, run.device, run.should_stop, run.step)  # may abandon
     last = run.step == run.plan.total_steps
     if run.dist.main and (last or run.step % max(int(t.log_every), 1) == 0):
         metrics.write(run, meter.line(run, lr), reporter)
     if last:
         return
-    if stop.requested(run.dist, run.device):
+    if signalled:
         path = run.save(final=False)
         raise Preempted(run.step, path, stop.signum or 0)
     saved = None

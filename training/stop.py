@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from training.distributed import Dist, any_rank
+from training.distributed import Dist, any_rank, any_ranks
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 """What SLURM sends before a time limit or a preemption."""
@@ -20,6 +20,8 @@ ShouldStop = Callable[[], str | None]
 """``should_stop()``: why the run must stop at once without writing anything more into its
 folder (its lease was taken over), or None to go on. Asked after every step and before every
 checkpoint save, so it must be cheap."""
+RANK0_STOPPED = "rank 0 was told to stop"
+"""The reason other ranks give for an :class:`Abandoned` run (``should_stop`` is rank 0's)."""
 PREEMPTED_EXIT_CODE = 3
 """Exit status a CLI wrapper should use for :class:`core.errors.Preempted` (requeue, do not mark failed)."""
 
@@ -45,9 +47,17 @@ class StopFlag:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
-    def requested(self, dist_: Dist, device: torch.device) -> bool:
-        """True on every rank when any rank got a signal (all must save the same step)."""
-        return any_rank(self.signum is not None, dist_, device)
+    def requested(self, dist_: Dist, device: torch.device, should_stop: ShouldStop | None = None,
+                  step: int = 0) -> bool:
+        """True on every rank when any rank got a signal (all must save the same step). In the
+        same collective, :func:`check_abandoned`'s test of ``should_stop`` (raise
+        :class:`Abandoned` at ``step`` on every rank): the loop asks both after every step."""
+        reason = should_stop() if should_stop is not None else None
+        abandoned, signalled = any_ranks((reason is not None, self.signum is not None), dist_,
+                                         device)  # fmt: skip
+        if abandoned:
+            raise Abandoned(step, reason or RANK0_STOPPED)
+        return signalled
 
 
 class Abandoned(Exception):
@@ -64,4 +74,4 @@ def check_abandoned(should_stop: ShouldStop | None, step: int, dist_: Dist,
     gives a reason on any rank; every rank calls it at the same points."""
     reason = should_stop() if should_stop is not None else None
     if any_rank(reason is not None, dist_, device):
-        raise Abandoned(step, reason or "rank 0 was told to stop")
+        raise Abandoned(step, reason or RANK0_STOPPED)
