@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir, slurm
-from tests.helpers.slurm import release
+from tests.helpers.slurm import release, sacct
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -270,13 +270,6 @@ def test_killed_job_shows_failed_and_relaunch_resumes_from_its_checkpoint(tmp_pa
     assert final["step"] == 144 and final["resumed_from"], "the second job did not resume from a checkpoint"
 
 
-def _sacct(job_ids: list[str], fields: str) -> dict[str, dict[str, str]]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", f"JobID,{fields}", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
-    names = fields.split(",")
-    return {r.split("|")[0]: dict(zip(names, r.split("|")[1:], strict=True)) for r in out.splitlines() if r}
-
-
 @pytest.mark.slow
 def test_two_node_ddp_job_and_evaluation_jobs_that_wait_for_their_own_training(
         tmp_path: Path, data_root: Path) -> None:
@@ -319,7 +312,7 @@ def test_two_node_ddp_job_and_evaluation_jobs_that_wait_for_their_own_training(
     assert records and not problems and {r["run_id"] for r in records} == {run.name}
     assert {r["step"] for r in records} == {4}
 
-    acct = _sacct(jobs, "State,NNodes,Start,End")
+    acct = sacct(jobs, "State,NNodes,Start,End")
     assert acct[ok["job_id"]]["NNodes"] == "2" and acct[ok["eval_job_id"]]["NNodes"] == "1"
     assert acct[ok["job_id"]]["State"] == acct[ok["eval_job_id"]]["State"] == "COMPLETED"
     assert acct[ok["eval_job_id"]]["Start"] >= acct[ok["job_id"]]["End"]
@@ -347,7 +340,7 @@ def test_cancel_a_running_point_stops_it_for_good(tmp_path: Path, data_root: Pat
     wait_gone([entry["job_id"], entry["eval_job_id"]], timeout=60)
     time.sleep(3)  # a requeue would put the job back in the queue now
     assert entry["job_id"] not in slurm.queue()
-    acct = _sacct([entry["job_id"], entry["eval_job_id"]], "State")
+    acct = sacct([entry["job_id"], entry["eval_job_id"]], "State")
     assert {a["State"].split()[0] for a in acct.values()} == {"CANCELLED"}, acct
     events = [e["event"] for e in rundir.events(run)]
     assert rundir.state(run) == "cancelled" and "requeued" not in events, events
@@ -527,8 +520,8 @@ def test_status_asks_squeue_once_and_sacct_once_for_the_jobs_squeue_no_longer_sh
         subprocess.run(["scancel", gone["job_id"]], check=True, timeout=30)
         wait_gone([gone["job_id"]], timeout=60)
         deadline = time.time() + 60
-        while _sacct([gone["job_id"]], "State").get(gone["job_id"], {}).get("State", "").split()[:1] != ["CANCELLED"]:
-            assert time.time() < deadline, _sacct([gone["job_id"]], "State")
+        while sacct([gone["job_id"]], "State").get(gone["job_id"], {}).get("State", "").split()[:1] != ["CANCELLED"]:
+            assert time.time() < deadline, sacct([gone["job_id"]], "State")
             time.sleep(0.5)
         table, calls = counting_status(monkeypatch, capsys, root, data_root, sweep)
         assert f"{gone_run}  cancelled" in table and "5 points: 4 pending, 1 cancelled" in table, table

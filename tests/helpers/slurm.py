@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -115,11 +116,35 @@ def command(pid: int) -> str:
 
 
 def sacct(job_ids: list[str], fields: str) -> dict[str, dict[str, str]]:
-    """``sacct`` rows of ``job_ids``: job id -> {field: value} (``fields``: ``State,Start,End``)."""
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", f"JobID,{fields}", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    """``sacct`` rows of ``job_ids``: job id -> {field: value} (``fields``: ``State,Start,End``).
+
+    An array task cancelled before it started may have no row of its own: sacct then shows it
+    only inside its array's remaining record (``535_[0-1%2]``, which ``-j 535_1`` does not
+    match), so arrays are asked for whole and such a task gets that record's row."""
+    arrays = sorted({j.partition("_")[0] for j in job_ids if "_" in j})
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", f"JobID,{fields}", "-j",
+                          ",".join([*job_ids, *arrays])],
+                         capture_output=True, text=True, timeout=30, check=True).stdout  # fmt: skip
     names = fields.split(",")
-    return {r.split("|")[0]: dict(zip(names, r.split("|")[1:], strict=True)) for r in out.splitlines() if r}
+    rows = {r.split("|")[0]: dict(zip(names, r.split("|")[1:], strict=True)) for r in out.splitlines() if r}
+    for jid in job_ids:
+        base, _, task = jid.partition("_")
+        if jid in rows or not task.isdigit():
+            continue
+        for rid, row in list(rows.items()):
+            spec = re.fullmatch(rf"{re.escape(base)}_\[([0-9,-]+)(?:%\d+)?\]", rid)
+            if spec and int(task) in _array_tasks(spec.group(1)):
+                rows[jid] = row
+    return {jid: rows[jid] for jid in job_ids if jid in rows}
+
+
+def _array_tasks(spec: str) -> set[int]:
+    """The task ids of an array spec such as ``0-3,7``."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 RELEASE_SETTLE_S = 5.0
