@@ -5,7 +5,9 @@ For each model (default ViT-B/32 and ViT-L/14, bf16 autocast, the paper's per-GP
 ``training.step.train_step`` and open_clip_train's own ``train_one_epoch`` over the same
 batches already on the device (the data pipeline is left out on purpose: this measures the
 step), after ``--warmup`` steps, and reports samples/s, MFU (forward GMACs x 2 x 3 per sample
-over ``--peak-tflops``) and peak memory of each, with ``ratio`` = ours over theirs.
+over ``--peak-tflops``) and peak memory of each, with ``ratio`` = ours over theirs. Our model's
+towers compute their last block at the pooled row only (``training.pooled``), open_clip_train's
+the whole block; MFU counts the whole model's FLOPs for both (a throughput, as MFU is defined).
 
 A failure of one trainer (a torch.compile error, say) is recorded in its ``*_error`` key and
 the other is still measured; ``--time-budget-s`` skips the models left once it is spent, and
@@ -86,9 +88,9 @@ def _batches(arch_model: Any, batch: int, n: int, device: torch.device, dtype: t
     return out
 
 
-def _fresh(arch: str, precision: str, device: torch.device, grad_ckpt: bool):
+def _fresh(arch: str, precision: str, device: torch.device, grad_ckpt: bool, pooled: bool):
     torch.manual_seed(0)
-    model, _, _, _ = models.create_model(arch, precision, device)
+    model, _, _, _ = models.create_model(arch, precision, device, pooled=pooled)
     if grad_ckpt:
         model.set_grad_checkpointing(True)
     return model
@@ -115,7 +117,7 @@ def _measure(run_steps, n_warm: int, n_timed: int, batch: int, device: torch.dev
 
 
 def bench_ours(arch, precision, batch, a, device, input_dtype) -> dict:
-    model = _fresh(arch, precision, device, a.grad_checkpointing)
+    model = _fresh(arch, precision, device, a.grad_checkpointing, pooled=True)
     optimizer = make_optimizer(model, RECIPE)
     step_model = torch.compile(model) if a.compile else model
     autocast = get_autocast(precision, device_type=device.type)
@@ -135,7 +137,7 @@ def bench_ours(arch, precision, batch, a, device, input_dtype) -> dict:
 
 
 def bench_open_clip_train(arch, precision, batch, a, device, input_dtype) -> dict:
-    model = _fresh(arch, precision, device, a.grad_checkpointing)
+    model = _fresh(arch, precision, device, a.grad_checkpointing, pooled=False)
     # open_clip_train/main.py's optimizer: the same groups (make_optimizer), not fused.
     optimizer = make_optimizer(model, RECIPE, fused=False)
     data = _batches(model, batch, 4, device, input_dtype)

@@ -3,9 +3,11 @@
 Same initial weights (same seed, same model factory), same batches (drawn from our pipeline
 once, then fed to both), fp32 on CPU, 20 optimizer steps. open_clip_train's optimizer is built
 with the parameter groups of its ``main.py``, its own ``cosine_lr`` and torch's fused AdamW
-kernel, which our trainer uses on CPU and GPU; a second test bounds the difference between that
-kernel and the for-loop one ``main.py`` gets on CPU (float rounding). The losses and weights
-are expected to agree exactly; ``ATOL``/``RTOL`` keep a different BLAS or thread count from
+kernel, which our trainer uses on CPU and GPU, and its model's towers compute their last block
+at the pooled row only, as our trainer's do (``training.pooled``). Two more tests bound what
+those two choices change against open_clip_train as it runs by default: the for-loop AdamW
+kernel ``main.py`` gets on CPU, and open_clip's full last blocks (float rounding, grown by 20
+steps of training). The losses and weights are expected to agree exactly; ``ATOL``/``RTOL`` keep a different BLAS or thread count from
 making the test flaky.
 """
 
@@ -34,6 +36,8 @@ ATOL = 1e-6
 RTOL = 1e-5
 FUSED_ATOL = 1e-3
 """Fused against for-loop AdamW: float rounding, grown by 20 steps of training."""
+POOLED_ATOL = 1e-3
+"""Last blocks at the pooled row against open_clip's full ones: float rounding, grown alike."""
 
 
 class _RecordingLoss(ClipLoss):
@@ -60,15 +64,21 @@ class _Batches(list):
         return len(self)
 
 
-def _reference(cfg, shards: str, fused: bool = True) -> tuple[dict[str, torch.Tensor], list[float]]:
+def _reference(
+    cfg, shards: str, fused: bool = True, pooled: bool = True
+) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Final weights and per-step losses of open_clip_train's ``train_one_epoch``.
 
     ``fused``: run its AdamW with torch's fused kernel, as our trainer does on CPU and GPU
     (``training.step.FUSED_DEVICES``), or with the for-loop kernel its ``main.py`` gets.
+    ``pooled``: its model's last blocks computed at the pooled row only, as our trainer's
+    (``training.pooled``), or open_clip's forward as it is.
     """
     t, accum = cfg.train, int(cfg.model.global_batch) // int(cfg.model.local_batch)
     seed_everything(int(t.seed))  # as train() does before building the model
-    model, preprocess, _, tokenizer = models.create_model(cfg.model.arch, "fp32", "cpu")
+    model, preprocess, _, tokenizer = models.create_model(
+        cfg.model.arch, "fp32", "cpu", pooled=pooled
+    )
     loader = data.make_loader(
         shards,
         preprocess,
@@ -177,3 +187,27 @@ def test_the_fused_adamw_is_the_for_loop_adamw_up_to_rounding(shards: str) -> No
     )
     for k in loop:
         torch.testing.assert_close(fused[k], loop[k], atol=FUSED_ATOL, rtol=0, msg=k)
+
+
+def test_the_pooled_last_blocks_are_open_clips_up_to_rounding(shards: str) -> None:
+    """Our trainer's towers (last block at the pooled row, ``training.pooled``) against
+    open_clip's full forward in open_clip_train's loop: float rounding, amplified a little by
+    20 steps of training."""
+    cfg = make_cfg(
+        shards,
+        model__global_batch=16,
+        model__local_batch=16,
+        samples__seen=16 * STEPS,
+        train__lr=5e-3,
+        train__warmup=3,
+    )
+    pooled, pooled_losses = _reference(cfg, shards, pooled=True)
+    full, full_losses = _reference(cfg, shards, pooled=False)
+    worst = max(float((pooled[k] - full[k]).abs().max()) for k in full)
+    print(f"pooled against full last blocks, largest weight difference after {STEPS} steps: "
+          f"{worst:.3g}")
+    torch.testing.assert_close(
+        torch.tensor(pooled_losses), torch.tensor(full_losses), atol=POOLED_ATOL, rtol=0
+    )
+    for k in full:
+        torch.testing.assert_close(pooled[k], full[k], atol=POOLED_ATOL, rtol=0, msg=k)
