@@ -21,6 +21,7 @@ import webdataset as wds
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip_train.data import tarfile_to_samples_nothrow
 from PIL import Image
+from torchvision.transforms import RandomResizedCrop
 
 from core.models import register_model_configs
 from tests.helpers.data import write_shards
@@ -114,6 +115,25 @@ def test_draft_decoding_keeps_the_crops_and_changes_only_resampling(tmp_path: Pa
     assert float(per_image.max()) < 0.05
     # But JPEGs (not the PNGs) were decoded at half scale: not the same pixels.
     assert float((per_image > 0).float().mean()) > 0.5
+
+
+@pytest.mark.parametrize(
+    "scale,ratio", [((0.9, 1.0), (3 / 4, 4 / 3)), ((0.08, 1.0), (3 / 4, 4 / 3)), ((1.0, 1.0), (1.0, 1.0))]
+)
+def test_crop_draws_are_torchvisions(scale, ratio):
+    """The same crops and the same RNG state after, on sizes that take one attempt, ten, or
+    torchvision's central-crop fallback (too narrow, too wide, one pixel)."""
+    draws = augment.CropDraws.of(scale, ratio)
+    sizes = [(32, 32), (256, 256), (512, 384), (300, 10), (10, 300), (1, 1), (640, 480)]
+    for width, height in sizes:
+        img = Image.new("RGB", (width, height))
+        torch.manual_seed(width * 1000 + height)
+        theirs = [RandomResizedCrop.get_params(img, scale, ratio) for _ in range(500)]
+        state = torch.get_rng_state()
+        torch.manual_seed(width * 1000 + height)
+        ours = [draws(width, height) for _ in range(500)]
+        assert ours == theirs, (width, height)
+        assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_draft_scale_is_the_largest_that_keeps_the_model_input():

@@ -11,8 +11,10 @@ other transform it returns None, and the pipeline applies that transform as it i
 What stays identical to ``preprocess(decoded image)``, bit for bit:
 
 - the crop parameters: the same ``RandomResizedCrop.get_params`` draws, from the same torch
-  RNG, in the same order. They depend only on the image's size, which the file's header gives,
-  so they are drawn before the pixels are decoded; an image that then fails to decode puts the
+  RNG, in the same order (:func:`crop_params` makes them into two reused one-element tensors
+  instead of six new tensors per attempt, and a crop takes up to ten attempts). They depend
+  only on the image's size, which the file's header gives, so they are drawn before the pixels
+  are decoded; an image that then fails to decode puts the
   RNG state back, as if the draw had not happened (the unfused pipeline skips such a sample
   before drawing);
 - the pixels of every crop that is decoded at full scale: PIL decodes, converts to RGB, crops and
@@ -38,7 +40,8 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +62,56 @@ def _nearest(x: float) -> int:
 
 
 @dataclass(frozen=True)
+class CropDraws:
+    """``RandomResizedCrop.get_params`` for one ``scale`` and ``ratio``, with its buffers.
+
+    The same draws from torch's global RNG in the same order, and the same arithmetic
+    (``tests/test_training_fast_loader.py`` compares them with torchvision's): ``uniform_``,
+    ``exp`` and ``random_`` on one-element tensors, as ``torch.empty(1).uniform_``,
+    ``torch.exp`` and ``torch.randint`` compute them, but into tensors made once.
+    """
+
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    log_ratio: tuple[float, float]
+    """``torch.log(torch.tensor(ratio))`` (float32, as get_params computes it per call)."""
+    _f: torch.Tensor = field(default_factory=lambda: torch.empty(1), repr=False, compare=False)
+    _i: torch.Tensor = field(
+        default_factory=lambda: torch.empty(1, dtype=torch.long), repr=False, compare=False
+    )
+
+    @classmethod
+    def of(cls, scale: Sequence[float], ratio: Sequence[float]) -> CropDraws:
+        log_ratio = torch.log(torch.tensor(ratio))
+        return cls(
+            (float(scale[0]), float(scale[1])),
+            (float(ratio[0]), float(ratio[1])),
+            (float(log_ratio[0]), float(log_ratio[1])),
+        )
+
+    def __call__(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` of a random crop of a ``width x height`` image."""
+        area = height * width
+        for _ in range(10):
+            target_area = area * self._f.uniform_(*self.scale).item()
+            aspect_ratio = self._f.uniform_(*self.log_ratio).exp_().item()
+            w = int(round(math.sqrt(target_area * aspect_ratio)))
+            h = int(round(math.sqrt(target_area / aspect_ratio)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(self._i.random_(0, height - h + 1).item())
+                left = int(self._i.random_(0, width - w + 1).item())
+                return top, left, h, w
+        in_ratio = float(width) / float(height)  # torchvision's fallback: a central crop
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+
+@dataclass(frozen=True)
 class FusedTransform:
     """``RandomResizedCrop`` + ``MaybeConvertMode`` + ``MaybeToTensor`` + ``Normalize``, fused."""
 
@@ -68,6 +121,12 @@ class FusedTransform:
     std: torch.Tensor
     draft: bool = True
     """Decode a JPEG at reduced scale where its crop stays >= the model input (module doc)."""
+    draws: CropDraws | None = None
+    """The crop draws (default: from ``rrc``'s scale and ratio)."""
+
+    def __post_init__(self) -> None:
+        if self.draws is None:
+            object.__setattr__(self, "draws", CropDraws.of(self.rrc.scale, self.rrc.ratio))
 
     @classmethod
     def of(cls, preprocess: Any, draft: bool = True) -> FusedTransform | None:
@@ -91,7 +150,8 @@ class FusedTransform:
         img: Image.Image = Image.open(io.BytesIO(data))
         full_w, full_h = img.size
         state = torch.get_rng_state()
-        top, left, h, w = self.rrc.get_params(img, self.rrc.scale, self.rrc.ratio)
+        assert self.draws is not None  # set in __post_init__
+        top, left, h, w = self.draws(full_w, full_h)
         out_h, out_w = self.rrc.size
         try:
             k = self._reduction(h, w, out_h, out_w) if self.draft else 1
