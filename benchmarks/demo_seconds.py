@@ -14,7 +14,10 @@ Records ``seconds`` (the whole thing), the launch and analysis phases, a breakdo
 the points from each run's status log (``done``: data generation, training, evaluation; the
 trained event: the training loop alone) with the start-up as the rest of each process's wall
 time, the machine's load average before and after (and sampled during: the machine is shared),
-and the fitted exponents of the report with their intervals (``fits.csv``).
+and the fitted exponents of the report with their intervals (``fits.csv``). ``step_floor``: what
+the training steps alone would take, each model's optimizer step timed in isolation (one
+thread, an in-memory batch, after the demo) times the grid's steps, spread over the two
+processes: the wall time no loader, evaluation or scheduling could get under.
 
     python benchmarks/demo_seconds.py              # writes benchmarks/results/demo_seconds.json
     python benchmarks/demo_seconds.py --quick      # 2 points, no fit: the script's own test
@@ -161,6 +164,50 @@ def breakdown(root: Path, processes: dict[str, dict[str, Any]]) -> dict[str, Any
     }
 
 
+def step_floor(processes: int = len(PARTS), timed: int = 10) -> dict[str, Any]:
+    """Each demo model's isolated step time (one thread, in-memory batch, the trainer's own
+    ``train_step``) and the grid's training steps at that rate over ``processes`` cores."""
+    import contextlib
+
+    import torch  # heavy: only for this measurement, after the demo
+    from omegaconf import OmegaConf
+    from open_clip import ClipLoss
+
+    from training.models import create_model
+    from training.step import make_optimizer, train_step
+
+    conf = ROOT / "conf"
+    grid = OmegaConf.load(ROOT / "sweeps" / "demo.yaml").points[0]
+    recipe = OmegaConf.merge(OmegaConf.load(conf / "train" / "paper.yaml"),
+                             OmegaConf.load(conf / "train" / "tiny.yaml"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    per_model: dict[str, Any] = {}
+    try:
+        for name in grid.model:
+            m = OmegaConf.load(conf / "model" / f"{name}.yaml")
+            torch.manual_seed(0)
+            model, _, _, _ = create_model(m.arch, "fp32", "cpu")
+            optimizer = make_optimizer(model, recipe)
+            size = model.visual.image_size
+            batch = (torch.randn(int(m.global_batch), 3, *size),
+                     torch.randint(1, 49407, (int(m.global_batch), 24)))
+            for i in range(timed + 3):
+                if i == 3:
+                    tic = time.perf_counter()
+                train_step(model, optimizer, None, ClipLoss(), [batch], contextlib.nullcontext)
+            step_s = (time.perf_counter() - tic) / timed
+            steps = sum(int(OmegaConf.load(conf / "samples" / f"{s}.yaml").seen)
+                        // int(m.global_batch) for s in grid.samples) * len(grid.data)
+            per_model[name] = {"step_s": round(step_s, 4), "steps": steps,
+                               "seconds": round(step_s * steps, 1)}
+    finally:
+        torch.set_num_threads(threads)
+    total = sum(v["seconds"] for v in per_model.values())
+    return {"seconds": round(total / processes, 1), "cpu_seconds": round(total, 1),
+            "processes": processes, "per_model": per_model}
+
+
 def fitted_exponents(out_dir: Path) -> list[dict[str, Any]]:
     """The report's fits (``fits.csv``): alpha with its interval, and whether it excludes 0."""
     path = out_dir / "fits.csv"
@@ -276,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  + (" [--quick: model=tiny_s samples=s6k, no analysis]" if args.quick else "")),
         "goal_seconds": 420,
         **{k: v for k, v in result.items() if k != "seconds"},
+        "step_floor": None if args.quick else step_floor(),
         "signals": laws,
         "signals_exclude_zero": bool(laws) and all(v["below_zero"] for v in laws.values()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
