@@ -156,3 +156,15 @@ def test_demo_seconds_reads_breakdown_and_fits(tmp_path: Path):
         "demo,wds/synth_positions,acc1,paper,-0.01,-0.05,0.02,12\n")
     fits = demo_seconds.fitted_exponents(tmp_path)
     assert [f["excludes_zero"] for f in fits] == [True, False]
+
+
+def test_demo_step_floor_times_each_model_over_the_grids_steps():
+    import demo_seconds
+
+    floor = demo_seconds.step_floor(timed=1)
+    # sweeps/demo.yaml: 2 datasets x (6144 + 18432 + 55296 samples) / 128 a step, per model
+    assert set(floor["per_model"]) == {"tiny_s", "tiny_m"}
+    for m in floor["per_model"].values():
+        assert m["steps"] == 2 * (48 + 144 + 432) and m["step_s"] > 0
+        assert m["seconds"] == pytest.approx(m["step_s"] * m["steps"], rel=0.01)
+    assert floor["seconds"] == pytest.approx(floor["cpu_seconds"] / 2, abs=0.1)
