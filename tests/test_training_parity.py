@@ -165,9 +165,18 @@ def test_same_losses_and_weights_as_open_clip_train(shards: str, tmp_path: Path,
         torch.testing.assert_close(ours[k], ref[k], atol=ATOL, rtol=RTOL, msg=k)
 
 
-def test_the_fused_adamw_is_the_for_loop_adamw_up_to_rounding(shards: str) -> None:
-    """Our trainer's fused AdamW against the for-loop kernel open_clip_train's main.py gets: the
-    same run in both differs only by float rounding, amplified a little by 20 steps of training."""
+@pytest.mark.parametrize(
+    "choice,atol",
+    [("fused", FUSED_ATOL), ("pooled", POOLED_ATOL)],
+    ids=["fused_adamw_vs_for_loop", "pooled_last_blocks_vs_full"],
+)
+def test_our_choices_are_open_clip_trains_defaults_up_to_rounding(
+    shards: str, choice: str, atol: float
+) -> None:
+    """Each of our trainer's two departures from open_clip_train's defaults, on and off in its
+    own loop: the fused AdamW kernel against the for-loop one its main.py gets on CPU, and the
+    towers' last blocks at the pooled row (``training.pooled``) against open_clip's full ones.
+    The runs differ only by float rounding, amplified a little by 20 steps of training."""
     cfg = make_cfg(
         shards,
         model__global_batch=16,
@@ -176,38 +185,12 @@ def test_the_fused_adamw_is_the_for_loop_adamw_up_to_rounding(shards: str) -> No
         train__lr=5e-3,
         train__warmup=3,
     )
-    fused, fused_losses = _reference(cfg, shards, fused=True)
-    loop, loop_losses = _reference(cfg, shards, fused=False)
-    worst = max(float((fused[k] - loop[k]).abs().max()) for k in loop)
-    print(
-        f"fused against for-loop AdamW, largest weight difference after {STEPS} steps: {worst:.3g}"
-    )
+    ours, our_losses = _reference(cfg, shards)
+    theirs, their_losses = _reference(cfg, shards, **{choice: False})
+    worst = max(float((ours[k] - theirs[k]).abs().max()) for k in theirs)
+    print(f"{choice} on against off, largest weight difference after {STEPS} steps: {worst:.3g}")
     torch.testing.assert_close(
-        torch.tensor(fused_losses), torch.tensor(loop_losses), atol=FUSED_ATOL, rtol=0
+        torch.tensor(our_losses), torch.tensor(their_losses), atol=atol, rtol=0
     )
-    for k in loop:
-        torch.testing.assert_close(fused[k], loop[k], atol=FUSED_ATOL, rtol=0, msg=k)
-
-
-def test_the_pooled_last_blocks_are_open_clips_up_to_rounding(shards: str) -> None:
-    """Our trainer's towers (last block at the pooled row, ``training.pooled``) against
-    open_clip's full forward in open_clip_train's loop: float rounding, amplified a little by
-    20 steps of training."""
-    cfg = make_cfg(
-        shards,
-        model__global_batch=16,
-        model__local_batch=16,
-        samples__seen=16 * STEPS,
-        train__lr=5e-3,
-        train__warmup=3,
-    )
-    pooled, pooled_losses = _reference(cfg, shards, pooled=True)
-    full, full_losses = _reference(cfg, shards, pooled=False)
-    worst = max(float((pooled[k] - full[k]).abs().max()) for k in full)
-    print(f"pooled against full last blocks, largest weight difference after {STEPS} steps: "
-          f"{worst:.3g}")
-    torch.testing.assert_close(
-        torch.tensor(pooled_losses), torch.tensor(full_losses), atol=POOLED_ATOL, rtol=0
-    )
-    for k in full:
-        torch.testing.assert_close(pooled[k], full[k], atol=POOLED_ATOL, rtol=0, msg=k)
+    for k in theirs:
+        torch.testing.assert_close(ours[k], theirs[k], atol=atol, rtol=0, msg=k)
