@@ -11,7 +11,7 @@ other transform it returns None, and the pipeline applies that transform as it i
 What stays identical to ``preprocess(decoded image)``, bit for bit:
 
 - the crop parameters: the same ``RandomResizedCrop.get_params`` draws, from the same torch
-  RNG, in the same order (:func:`crop_params` makes them into two reused one-element tensors
+  RNG, in the same order (:class:`CropDraws` makes them into two reused one-element tensors
   instead of six new tensors per attempt, and a crop takes up to ten attempts). They depend
   only on the image's size, which the file's header gives, so they are drawn before the pixels
   are decoded; an image that then fails to decode puts the
@@ -121,12 +121,11 @@ class FusedTransform:
     std: torch.Tensor
     draft: bool = True
     """Decode a JPEG at reduced scale where its crop stays >= the model input (module doc)."""
-    draws: CropDraws | None = None
-    """The crop draws (default: from ``rrc``'s scale and ratio)."""
+    draws: CropDraws = field(init=False, repr=False, compare=False)
+    """The crop draws, from ``rrc``'s scale and ratio."""
 
     def __post_init__(self) -> None:
-        if self.draws is None:
-            object.__setattr__(self, "draws", CropDraws.of(self.rrc.scale, self.rrc.ratio))
+        object.__setattr__(self, "draws", CropDraws.of(self.rrc.scale, self.rrc.ratio))
 
     @classmethod
     def of(cls, preprocess: Any, draft: bool = True) -> FusedTransform | None:
@@ -150,7 +149,6 @@ class FusedTransform:
         img: Image.Image = Image.open(io.BytesIO(data))
         full_w, full_h = img.size
         state = torch.get_rng_state()
-        assert self.draws is not None  # set in __post_init__
         top, left, h, w = self.draws(full_w, full_h)
         out_h, out_w = self.rrc.size
         try:
