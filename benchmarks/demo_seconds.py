@@ -26,6 +26,7 @@ processes: the wall time no loader, evaluation or scheduling could get under.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -164,17 +165,34 @@ def breakdown(root: Path, processes: dict[str, dict[str, Any]]) -> dict[str, Any
     }
 
 
-def step_floor(processes: int = len(PARTS), timed: int = 10) -> dict[str, Any]:
-    """Each demo model's isolated step time (one thread, in-memory batch, the trainer's own
-    ``train_step``) and the grid's training steps at that rate over ``processes`` cores."""
-    import contextlib
-
+def _step_seconds(arch: str, batch: int, recipe: Any, timed: int) -> float:
+    """Seconds an optimizer step of ``arch`` takes alone (in-memory batch, the trainer's own
+    ``train_step``, timed as ``gpu_throughput.py`` times ours after 3 warm-up steps)."""
     import torch  # heavy: only for this measurement, after the demo
-    from omegaconf import OmegaConf
+    from gpu_throughput import _batches, _measure
     from open_clip import ClipLoss
 
     from training.models import create_model
     from training.step import make_optimizer, train_step
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model, _, _, _ = create_model(arch, "fp32", cpu)
+    optimizer, loss_fn = make_optimizer(model, recipe), ClipLoss()
+    data = _batches(model, batch, 1, cpu, None)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            train_step(model, optimizer, None, loss_fn, data, contextlib.nullcontext)
+
+    return batch / _measure(run, 3, timed, batch, cpu)["samples_per_s"]
+
+
+def step_floor(processes: int = len(PARTS), timed: int = 10) -> dict[str, Any]:
+    """Each demo model's isolated step time on one thread (:func:`_step_seconds`) and the grid's
+    training steps at that rate over ``processes`` cores."""
+    import torch  # heavy: only for this measurement, after the demo
+    from omegaconf import OmegaConf
 
     conf = ROOT / "conf"
     grid = OmegaConf.load(ROOT / "sweeps" / "demo.yaml").points[0]
@@ -186,19 +204,10 @@ def step_floor(processes: int = len(PARTS), timed: int = 10) -> dict[str, Any]:
     try:
         for name in grid.model:
             m = OmegaConf.load(conf / "model" / f"{name}.yaml")
-            torch.manual_seed(0)
-            model, _, _, _ = create_model(m.arch, "fp32", "cpu")
-            optimizer = make_optimizer(model, recipe)
-            size = model.visual.image_size
-            batch = (torch.randn(int(m.global_batch), 3, *size),
-                     torch.randint(1, 49407, (int(m.global_batch), 24)))
-            for i in range(timed + 3):
-                if i == 3:
-                    tic = time.perf_counter()
-                train_step(model, optimizer, None, ClipLoss(), [batch], contextlib.nullcontext)
-            step_s = (time.perf_counter() - tic) / timed
-            steps = sum(int(OmegaConf.load(conf / "samples" / f"{s}.yaml").seen)
-                        // int(m.global_batch) for s in grid.samples) * len(grid.data)
+            batch = int(m.global_batch)
+            step_s = _step_seconds(m.arch, batch, recipe, timed)
+            steps = sum(int(OmegaConf.load(conf / "samples" / f"{s}.yaml").seen) // batch
+                        for s in grid.samples) * len(grid.data)
             per_model[name] = {"step_s": round(step_s, 4), "steps": steps,
                                "seconds": round(step_s * steps, 1)}
     finally:
