@@ -239,11 +239,12 @@ class Lease:
             log.error("lost the lease %s (taken over after a stall?): %s", self.path,
                       self.lost_reason())
 
-    def lost_reason(self, recheck_s: float = 1.0) -> str | None:
+    def lost_reason(self, fresh: bool = False, recheck_s: float = 1.0) -> str | None:
         """Why this process no longer holds the lease (naming the new holder), or None while it
-        does. Cheap: it reads the lease file at most every ``recheck_s`` seconds (the heartbeat
-        thread checks too)."""
-        if not self.lost and time.monotonic() - self._checked >= recheck_s:
+        does (a :data:`training.stop.ShouldStop`). Cheap: it reads the lease file at most every
+        ``recheck_s`` seconds (the heartbeat thread checks too), or now when ``fresh`` (before
+        a write into the folder)."""
+        if not self.lost and (fresh or time.monotonic() - self._checked >= recheck_s):
             self._checked = time.monotonic()
             if not self._mine():
                 self._lose()

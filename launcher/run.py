@@ -80,8 +80,8 @@ def _queue() -> set[str]:
 
 def _guard(lease: Lease) -> None:
     """Raise :class:`LeaseLost` once another process took the lease over: from then on nothing
-    more is written into the run folder."""
-    reason = lease.lost_reason()
+    more is written into the run folder (it looks at the lease file now: a write follows)."""
+    reason = lease.lost_reason(fresh=True)
     if reason is not None:
         raise LeaseLost(f"{reason}; stopped without saving")
 

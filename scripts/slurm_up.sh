@@ -30,7 +30,9 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null \
   log "installing slurm-wlm, slurmdbd, munge, mariadb-server"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurm-wlm slurmdbd munge mariadb-server >/dev/null
+  # the .deb files it downloads are deleted once installed: CI machines can be short of disk
+  apt-get install -y -qq --no-install-recommends -o APT::Keep-Downloaded-Packages=false \
+    slurm-wlm slurmdbd munge mariadb-server >/dev/null
 fi
 
 mkdir -p "$DIR"/{log,run,state/ctld,mysql-run}

@@ -64,6 +64,26 @@ def test_a_stale_heartbeat_is_taken_over_and_a_live_one_is_not(tmp_path: Path):
     other.release()
 
 
+def test_a_takeover_is_seen_at_once_before_a_write_though_steps_ask_the_cached_answer(
+        tmp_path: Path):
+    # Steps ask lost_reason() after each step and it answers from a look at most recheck_s old;
+    # a save asks lost_reason(fresh=True), which must look now: a checkpoint written in the
+    # second after a takeover would land in a folder another process owns (seen in CI).
+    holder = Lease(tmp_path / "lease.json", "stage=all", heartbeat_s=60)
+    holder.acquire()
+    assert holder.lost_reason() is None  # a look: the next second answers from it
+    holder._stop.set()
+    old = time.time() - 10
+    os.utime(tmp_path / "lease.json", (old, old))
+    taker = Lease(tmp_path / "lease.json", "stage=all (the new holder)", stale_after_s=5)
+    assert taker.acquire() is not None
+    assert holder.lost_reason(recheck_s=60) is None  # cached: a step goes on
+    reason = holder.lost_reason(fresh=True, recheck_s=60)
+    assert reason is not None and "now held for stage=all (the new holder)" in reason
+    assert holder.lost and holder.lost_reason(recheck_s=60) == reason  # and every step stops
+    taker.release()
+
+
 def test_a_lease_of_a_job_no_longer_in_the_queue_is_taken_over(tmp_path: Path):
     path = tmp_path / "lease.json"
     gone = Holder("another-node", 4242, "999", "stage=all", "then", "old")

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -16,10 +15,16 @@ from training.distributed import Dist, any_rank, any_ranks
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 """What SLURM sends before a time limit or a preemption."""
-ShouldStop = Callable[[], str | None]
-"""``should_stop()``: why the run must stop at once without writing anything more into its
-folder (its lease was taken over), or None to go on. Asked after every step and before every
-checkpoint save, so it must be cheap."""
+
+
+class ShouldStop(Protocol):
+    """``should_stop(fresh)``: why the run must stop at once without writing anything more into
+    its folder (its lease was taken over), or None to go on. Asked after every step, where it
+    must be cheap (it may answer from a recent look), and with ``fresh=True`` right before every
+    checkpoint save, where it must look now: a save must not follow a takeover it could see."""
+
+    def __call__(self, fresh: bool = False) -> str | None: ...
+
 RANK0_STOPPED = "rank 0 was told to stop"
 """The reason other ranks give for an :class:`Abandoned` run (``should_stop`` is rank 0's)."""
 PREEMPTED_EXIT_CODE = 3
@@ -70,8 +75,9 @@ class Abandoned(Exception):
 
 def check_abandoned(should_stop: ShouldStop | None, step: int, dist_: Dist,
                     device: torch.device) -> None:
-    """Raise :class:`Abandoned` on every rank when ``should_stop`` (rank 0's; None elsewhere)
-    gives a reason on any rank; every rank calls it at the same points."""
-    reason = should_stop() if should_stop is not None else None
+    """Raise :class:`Abandoned` on every rank when ``should_stop`` (rank 0's; None elsewhere),
+    asked afresh, gives a reason on any rank; every rank calls it at the same points (before a
+    save)."""
+    reason = should_stop(fresh=True) if should_stop is not None else None
     if any_rank(reason is not None, dist_, device):
         raise Abandoned(step, reason or RANK0_STOPPED)
