@@ -60,6 +60,8 @@ test: venv ## Run the whole test suite (what CI runs, after lint): the SLURM tes
 	@# two pytest sessions at once: the tests that need the cluster, one after another (they share
 	@# its two nodes and mostly wait on SLURM), and the rest; the SLURM session's report follows
 	@# (exit status 5, no test selected there by PYTEST_ARGS, counts as success)
+	@# the free space where the tests' folders go: their runs write checkpoints (peak 1.2 GB)
+	@echo "free disk for the tests: $$(df -h --output=avail "$${TMPDIR:-/tmp}" | tail -1 | tr -d ' ')"
 	$(PY) -m pytest -q -m slurm -p no:cacheprovider --durations=15 $(PYTEST_ARGS) > .test-slurm.log 2>&1 & pid=$$!; \
 	$(PY) -m pytest -q -m "not slurm" --durations=25 $(PYTEST_ARGS); rc=$$?; \
 	wait $$pid; rs=$$?; [ $$rs -eq 5 ] && rs=0; echo "=== tests that need the SLURM cluster ==="; cat .test-slurm.log; \

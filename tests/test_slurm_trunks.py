@@ -31,11 +31,11 @@ from tests.helpers.slurm import (
 pytestmark = needs_cluster()
 
 BATCH = 128
-# fork_every far past the trunks' ends: a trunk keeps checkpoints at its forks only (the default,
-# a tenth of a trunk of 8-68 steps, pins nearly every step: 40 MB each, ~1 GB on the disk of a
-# test; tests/test_trunks.py covers the default's extra checkpoints)
-BASE = ["model=tiny_s", "data=syn4k", "samples=s6k", "train.schedule=const_cooldown", "train.workers=0",
-        "train.fork_every=1000000"]
+BASE = ["model=tiny_s", "data=syn4k", "samples=s6k", "train.schedule=const_cooldown", "train.workers=0"]
+FORKS_ONLY = "train.fork_every=1000000"
+"""Extra trunk checkpoints far past the trunks' ends: a trunk keeps checkpoints at its forks only
+(the default, a tenth of a trunk of 8-30 steps, pins every step: 40 MB each, ~1 GB on the disk
+of a test; tests/test_trunks.py covers the default's extra checkpoints)."""
 HELD = "+hydra.launcher.additional_parameters.begin=now+3600"
 """Jobs wait an hour for their begin time: the test looks at the queue, then releases them."""
 
@@ -73,7 +73,7 @@ def test_cancel_cascades_and_a_dead_segment_takes_its_dependents_with_it(tmp_pat
     evaluation with it (SLURM does, kill-on-invalid-dep); cancelling the trunk's run id
     cancels what is left of it: its segment, the other branch and its evaluation."""
     root = tmp_path / "runs"
-    out = launch(root, data_root, *BASE, seen(10, 20), "eval=embedded", HELD)
+    out = launch(root, data_root, *BASE, FORKS_ONLY, seen(10, 20), "eval=embedded", HELD)
     points = manifest(root)
     try:
         assert out.returncode == 0, out.stderr[-3000:]
@@ -129,12 +129,12 @@ def test_trunk_with_three_branches_runs_in_dependency_order_and_extends(tmp_path
     after k-1, each branch after its segment, the evaluation after its branch. A relaunch then
     runs nothing."""
     root = tmp_path / "runs"
-    first = launch(root, data_root, *BASE, seen(10), "eval=embedded")
+    first = launch(root, data_root, *BASE, FORKS_ONLY, seen(10), "eval=embedded")
     points = manifest(root)
     try:
         assert first.returncode == 0, first.stderr[-3000:]
         assert len(points) == 2, points
-        again = launch(root, data_root, *BASE, seen(10, 20, 30), "eval=none")
+        again = launch(root, data_root, *BASE, FORKS_ONLY, seen(10, 20, 30), "eval=none")
         assert again.returncode == 0, again.stderr[-3000:]
         assert "submitted 2 trunk segment(s) and 2 branch(es)" in again.stdout, again.stdout
         assert "2 already queued or running, not resubmitted" in again.stdout, again.stdout
@@ -173,7 +173,7 @@ def test_trunk_with_three_branches_runs_in_dependency_order_and_extends(tmp_path
 
         table = status(root, sweep(tmp_path, [10, 20, 30], "none"), f"data_root={data_root}")
         assert "6 points: 6 done" in table, table
-        last = launch(root, data_root, *BASE, seen(10, 20, 30), "eval=none")
+        last = launch(root, data_root, *BASE, FORKS_ONLY, seen(10, 20, 30), "eval=none")
         assert last.returncode == 0 and "0 point(s) to run, 6 skipped" in last.stdout, last.stdout
     finally:
         cancel_cmd(root)
@@ -182,24 +182,26 @@ def test_trunk_with_three_branches_runs_in_dependency_order_and_extends(tmp_path
 
 @pytest.mark.slow
 def test_segment_time_limit_requeues_and_a_killed_branch_resumes(tmp_path: Path, data_root: Path) -> None:
-    """Branches of 75 and 85 steps (forks 60, 68), a 1-minute time limit for the first
+    """Branches of 375 and 425 steps (forks 300, 340), a 1-minute time limit for the first
     segment (the other jobs get 10): it is signalled, checkpoints, requeues and resumes, and both
-    branches start only after the segment they fork from ended. The branch of 60 is killed
+    branches start only after the segment they fork from ended. The branch of 300 is killed
     (SIGKILL) once it wrote a checkpoint of its own mid-cooldown; the relaunch submits that
-    branch alone, which resumes from its own checkpoint."""
+    branch alone, which resumes from its own checkpoint. The signal comes 20 s into the job,
+    about 7 s into training here (step 14): the first segment's 300 steps, a checkpoint every 4,
+    take about 35 s alone (forks at 60 and 68 were once trained before the signal)."""
     root = tmp_path / "runs"
-    point = [*BASE, seen(75, 85), "eval=none", "train.checkpoint_every=4"]
+    point = [*BASE, FORKS_ONLY, seen(375, 425), "eval=none", "train.checkpoint_every=4"]
     out = launch(root, data_root, *point, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
                  "hydra.launcher.max_num_timeout=5")
     points = manifest(root)
     try:
         assert out.returncode == 0, out.stderr[-3000:]
         segments, branches = split(points)
-        assert sorted(segments) == [60, 68] and sorted(branches) == [60, 68]
-        first = segments[60]["job_id"]
-        for entry in [segments[68], *branches.values()]:
+        assert sorted(segments) == [300, 340] and sorted(branches) == [300, 340]
+        first = segments[300]["job_id"]
+        for entry in [segments[340], *branches.values()]:
             subprocess.run(["scontrol", "update", f"jobid={entry['job_id']}", "timelimit=10"], check=True, timeout=30)
-        trunk = root / branches[60]["trunk"]
+        trunk = root / branches[300]["trunk"]
         # the time limit's signal: the trunk checkpoints and submitit requeues the job; once
         # requeued it gets 10 minutes too, and is started at once (no 120 s BeginTime)
         wait_for("the first segment to be requeued", lambda: any(
@@ -208,12 +210,12 @@ def test_segment_time_limit_requeues_and_a_killed_branch_resumes(tmp_path: Path,
         subprocess.run(["scontrol", "update", f"jobid={first}", "timelimit=10"], check=True, timeout=30)
         release([first])
 
-        branch = Path(branches[60]["run_dir"])
-        own = branch / "checkpoints" / "step_00000064.pt.done"
-        wait_for("the branch of 60 to checkpoint mid-cooldown", own.exists, timeout=240, every=0.1)
+        branch = Path(branches[300]["run_dir"])
+        own = branch / "checkpoints" / "step_00000304.pt.done"
+        wait_for("the branch of 300 to checkpoint mid-cooldown", own.exists, timeout=240, every=0.1)
         pid = next(e["pid"] for e in reversed(rundir.events(branch)) if e["event"] == "start")
         os.kill(pid, signal.SIGKILL)
-        wait_gone([branches[60]["job_id"]], timeout=60)
+        wait_gone([branches[300]["job_id"]], timeout=60)
         assert rundir.state(branch) == "partial"
 
         again = launch(root, data_root, *point)
@@ -226,7 +228,7 @@ def test_segment_time_limit_requeues_and_a_killed_branch_resumes(tmp_path: Path,
 
         events = [e["event"] for e in rundir.events(trunk)]
         assert events.count("start") >= 3 and ("requeued" in events or "preempted" in events), events
-        acct = sacct_settled([first, segments[68]["job_id"], branches[68]["job_id"], branches[60]["job_id"]], "Start")
+        acct = sacct_settled([first, segments[340]["job_id"], branches[340]["job_id"], branches[300]["job_id"]], "Start")
         assert acct[first]["State"] == "COMPLETED", acct
         for fork, entry in branches.items():
             assert acct[entry["job_id"]]["Start"] >= acct[segments[fork]["job_id"]]["End"], (fork, acct)
@@ -236,7 +238,7 @@ def test_segment_time_limit_requeues_and_a_killed_branch_resumes(tmp_path: Path,
             run = Path(entry["run_dir"])
             assert rundir.state(run) == "done", rundir.events(run)[-3:]
         final = torch.load(branch / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
-        assert final["step"] == 75 and final["resumed_from"] >= 64, final["resumed_from"]
+        assert final["step"] == 375 and final["resumed_from"] >= 304, final["resumed_from"]
     finally:
         cancel_cmd(root)
         wait_gone(jobs_of(manifest(root)) if (root / "_slurm" / "cli.json").exists() else [], timeout=60)
