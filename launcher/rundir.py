@@ -123,9 +123,12 @@ def training_finished(path: Path, evs: list[dict[str, Any]] | None = None) -> bo
 
 
 def last_error(path: Path, evs: list[dict[str, Any]] | None = None) -> str | None:
-    """The error line of the newest ``failed`` event, if any (``evs``: the status log's
-    events, when already read)."""
+    """The error line of the newest ``failed`` event, if any, after its cause where one was
+    told (``lost a peer rank (a node failed?): RuntimeError: ...``: the status table's column
+    is 80 characters, a gloo error's first ones name only its source file); ``evs``: the
+    status log's events, when already read."""
     for ev in reversed(events(path) if evs is None else evs):
         if ev.get("event") == Event.FAILED:
-            return str(ev.get("error", ""))
+            error = str(ev.get("error", ""))
+            return f"{ev['cause']}: {error}" if ev.get("cause") else error
     return None

@@ -135,8 +135,12 @@ def test_a_node_dying_under_a_two_node_job_shows_requeued_and_resumes(tmp_path: 
         _kill_node(jid, "n2")
         newest = _checkpoint_steps(run)[-1]
         wait_for("SLURM to requeue the job", lambda: slurm.queue().get(jid) == "PENDING", 180)
+        # the job's pending reason (BeginTime) may still read "None" the moment it is requeued
+        # (CI: the table said requeued with no "waiting:"); the table shows it once SLURM sets it
+        wait_for("status to show SLURM's reason", lambda: "waiting:" in status(root, sweep), 60)
         table = status(root, sweep)
         assert f"{run_id}  requeued" in table and "waiting:" in table, table
+        assert "last attempt: lost a peer rank (a node failed?)" in table, table
         failed = [e for e in rundir.events(run) if e["event"] == "failed"]
         assert failed and failed[-1].get("cause", "").startswith("lost a peer rank"), failed
     finally:

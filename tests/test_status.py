@@ -35,6 +35,15 @@ def test_state_from_the_status_log(tmp_path: Path, events, state) -> None:
     assert rundir.state(tmp_path) == state
 
 
+def test_the_last_error_names_its_cause_first(tmp_path: Path) -> None:
+    # the status table keeps 80 characters of it: the cause must come before gloo's file path
+    log(tmp_path, ("start", {}), ("failed", {"error": "ValueError: x"}))
+    assert rundir.last_error(tmp_path) == "ValueError: x"
+    gloo = "RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534]"
+    log(tmp_path, ("start", {}), ("failed", {"error": gloo, "cause": "lost a peer rank (a node failed?)"}))
+    assert rundir.last_error(tmp_path) == f"lost a peer rank (a node failed?): {gloo}"
+
+
 def test_the_training_job_owns_a_point_until_trained_then_its_evaluation_job(tmp_path: Path) -> None:
     log(tmp_path, ("submitted", {"job_id": "5_0", "eval_job_id": "6_0", "stage": "train"}))
     assert slurm.job_info(tmp_path)[:2] == ("5_0", "train")
