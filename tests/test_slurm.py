@@ -209,7 +209,9 @@ def test_time_limit_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path: 
     of the same point trained in one go (cluster=local, in parallel)."""
     import torch
 
-    point = [*LONG, "eval=none"]
+    # twice LONG's steps (288): since the pooled last blocks (training/pooled.py) 144 steps
+    # were once trained before the first limit's signal, 25 s into the job
+    point = [*LONG, "samples.seen=36864", "eval=none"]
     ref_root = tmp_path / "ref"
     ref = subprocess.Popen([sys.executable, "launch.py", "-m", *point, f"root={ref_root}",
                             f"data_root={data_root}"], cwd=ROOT, stdout=subprocess.PIPE,
@@ -239,7 +241,7 @@ def test_time_limit_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path: 
     assert ref.wait(timeout=300) == 0, ref.stdout.read()[-3000:] if ref.stdout else ""
     a = torch.load(root / run_id / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
     b = torch.load(ref_root / run_id / "checkpoints" / "final.pt", map_location="cpu", weights_only=False)
-    assert a["step"] == b["step"] == 144
+    assert a["step"] == b["step"] == 288
     for k, v in b["state_dict"].items():
         torch.testing.assert_close(a["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
