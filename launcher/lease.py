@@ -241,7 +241,7 @@ class Lease:
 
     def lost_reason(self, fresh: bool = False, recheck_s: float = 1.0) -> str | None:
         """Why this process no longer holds the lease (naming the new holder), or None while it
-        does (a :data:`training.stop.ShouldStop`). Cheap: it reads the lease file at most every
+        does (a :class:`training.stop.ShouldStop`). Cheap: it reads the lease file at most every
         ``recheck_s`` seconds (the heartbeat thread checks too), or now when ``fresh`` (before
         a write into the folder)."""
         if not self.lost and (fresh or time.monotonic() - self._checked >= recheck_s):

@@ -74,7 +74,7 @@ def train(
     and :class:`core.errors.NonFiniteLoss` after ``train.max_nonfinite`` non-finite losses in
     a row (a non-finite loss skips its step's update).
 
-    ``should_stop`` (:data:`training.stop.ShouldStop`; rank 0's, the others pass None) is asked
+    ``should_stop`` (:class:`training.stop.ShouldStop`; rank 0's, the others pass None) is asked
     after every step and before every save: once it gives a reason (the run's lease was taken
     over, another process owns the folder), training stops at once and raises
     :class:`training.stop.Abandoned`, writing no checkpoint and no final weights.
